@@ -1,0 +1,1 @@
+"""HF <-> Megatron weight conversion: declarative mappings and the live-model adapter."""

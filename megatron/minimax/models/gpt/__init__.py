@@ -1,0 +1,1 @@
+"""GPT layer specs that carry this package's native options."""

@@ -1,0 +1,75 @@
+# Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
+"""Build a MiniMax-M2 ``GPTModel`` for this process's pipeline stage."""
+
+from typing import Optional
+
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron.minimax.models.gpt.gpt_layer_specs import (
+    get_gpt_decoder_block_spec,
+    get_gpt_mtp_block_spec,
+)
+from megatron.minimax.models.minimax_m2.hf_config import GPTModelArgs, padded_vocab_size
+
+try:
+    import transformer_engine  # noqa: F401  pylint: disable=unused-import
+
+    HAVE_TE = True
+except ImportError:
+    HAVE_TE = False
+
+
+def build_minimax_m2_model(
+    config: TransformerConfig,
+    model_args: GPTModelArgs,
+    *,
+    use_transformer_engine: Optional[bool] = None,
+    pre_process: Optional[bool] = None,
+    post_process: Optional[bool] = None,
+    vp_stage: Optional[int] = None,
+    make_vocab_size_divisible_by: int = 128,
+) -> GPTModel:
+    """Build the model chunk of this pipeline stage (Megatron's model-parallel state must be set).
+
+    Args:
+        config: from :func:`~megatron.minimax.models.minimax_m2.hf_config.minimax_m2_config_from_hf`.
+        model_args: idem.
+        use_transformer_engine: TE spec (GPU) or local spec; default: TE when importable.
+        pre_process / post_process: embedding / output layer on this stage (default: first / last
+            pipeline stage).
+        vp_stage: virtual pipeline stage.
+        make_vocab_size_divisible_by: the vocabulary is padded to a multiple of this times TP.
+    """
+    if use_transformer_engine is None:
+        use_transformer_engine = HAVE_TE and config.transformer_impl == "transformer_engine"
+    if pre_process is None:
+        pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+    if post_process is None:
+        post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+    pp_rank = parallel_state.get_pipeline_model_parallel_rank()
+    block_spec = get_gpt_decoder_block_spec(
+        config, use_transformer_engine, vp_stage=vp_stage, pp_rank=pp_rank
+    )
+    mtp_block_spec = None
+    if config.mtp_num_layers:
+        mtp_block_spec = get_gpt_mtp_block_spec(
+            config, block_spec, use_transformer_engine, vp_stage=vp_stage, pp_rank=pp_rank
+        )
+    return GPTModel(
+        config=config,
+        transformer_layer_spec=block_spec,
+        vocab_size=padded_vocab_size(
+            model_args.vocab_size, config.tensor_model_parallel_size, make_vocab_size_divisible_by
+        ),
+        max_sequence_length=model_args.max_sequence_length,
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=model_args.share_embeddings_and_output_weights,
+        position_embedding_type=model_args.position_embedding_type,
+        rotary_percent=model_args.rotary_percent,
+        rotary_base=model_args.rotary_base,
+        mtp_block_spec=mtp_block_spec,
+        vp_stage=vp_stage,
+    )

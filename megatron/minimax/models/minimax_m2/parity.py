@@ -1,0 +1,307 @@
+# Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
+"""Megatron-vs-HF parity: build MiniMax-M2 at a parallel layout, load HF weights through the
+weight table, and compare logits, loss and gradients with ``transformers``' model.
+
+Used by ``tools/checkpoint/verify_minimax_m2.py``, the tests and the demo. Every function here
+is collective over the default process group unless it says otherwise.
+"""
+
+import functools
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+import torch.distributed
+import torch.nn.functional as F
+
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+from megatron.minimax.models.conversion.mappings import MappingContext
+from megatron.minimax.models.conversion.model_weights import iter_hf_weights, load_hf_weights
+from megatron.minimax.models.minimax_m2.hf_config import (
+    GPTModelArgs,
+    load_hf_config,
+    minimax_m2_config_from_hf,
+    padded_vocab_size,
+)
+from megatron.minimax.models.minimax_m2.model import build_minimax_m2_model
+from megatron.minimax.models.minimax_m2.weight_mapping import MINIMAX_M2_WEIGHTS, mapping_context
+from megatron.minimax.transformer.transformer_config import TransformerConfig
+
+LOGITS_ATOL = 1e-4
+"""Max |Megatron - HF| fp32 logit difference the parity checks accept."""
+LOSS_ATOL = 1e-5
+"""Max |Megatron - HF| fp32 loss difference the parity checks accept."""
+GRAD_RTOL = 1e-4
+"""Max per-tensor gradient difference, relative to the tensor's largest HF gradient entry."""
+
+
+@dataclass(frozen=True)
+class ParallelLayout:
+    """A Megatron parallel layout; data parallelism takes the remaining ranks."""
+
+    tp: int = 1
+    pp: int = 1
+    ep: int = 1
+    etp: Optional[int] = None
+    sequence_parallel: Optional[bool] = None
+    """Default: on whenever tp > 1 (megatron-core requires it to train MoE with TP)."""
+
+    @property
+    def expert_tp(self) -> int:
+        return self.tp if self.etp is None else self.etp
+
+    @property
+    def sp(self) -> bool:
+        return self.tp > 1 if self.sequence_parallel is None else self.sequence_parallel
+
+    def __str__(self) -> str:
+        parts = [f"TP{self.tp}"]
+        if self.pp > 1:
+            parts.append(f"PP{self.pp}")
+        if self.ep > 1:
+            parts.append(f"EP{self.ep}")
+        if self.etp is not None and self.etp != self.tp:
+            parts.append(f"ETP{self.etp}")
+        if self.sp and self.tp > 1:
+            parts.append("SP")
+        return "x".join(parts)
+
+    def validate(self, world_size: int, hf: Dict) -> None:
+        """Raise ``ValueError`` naming the violated constraint."""
+        model_parallel = self.tp * self.pp
+        if world_size % model_parallel:
+            raise ValueError(f"world size {world_size} is not divisible by TP*PP = {model_parallel}")
+        expert_parallel = self.ep * self.expert_tp * self.pp
+        if world_size % expert_parallel:
+            raise ValueError(
+                f"world size {world_size} is not divisible by EP*ETP*PP = {expert_parallel}"
+            )
+        checks = [
+            (hf["num_attention_heads"], self.tp, "num_attention_heads", "TP"),
+            (hf["num_key_value_heads"], self.tp, "num_key_value_heads", "TP"),
+            (hf["num_local_experts"], self.ep, "num_local_experts", "EP"),
+            (hf["intermediate_size"], self.expert_tp, "intermediate_size", "ETP"),
+            (hf["num_hidden_layers"], self.pp, "num_hidden_layers", "PP"),
+        ]
+        for total, parts, what, how in checks:
+            if total % parts:
+                raise ValueError(f"{how}={parts} does not divide {what}={total}")
+
+
+def initialize_layout(layout: ParallelLayout, seed: int = 1234) -> None:
+    """(Re)initialise Megatron's model-parallel state for ``layout``."""
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=layout.tp,
+        pipeline_model_parallel_size=layout.pp,
+        expert_model_parallel_size=layout.ep,
+        expert_tensor_parallel_size=layout.expert_tp,
+    )
+    model_parallel_cuda_manual_seed(seed)
+
+
+@dataclass
+class LoadedModel:
+    """A model chunk built at a layout and filled with HF weights."""
+
+    model: GPTModel
+    config: TransformerConfig
+    model_args: GPTModelArgs
+    ctx: MappingContext
+    layout: ParallelLayout
+
+
+def build_from_hf(
+    hf_config: Dict,
+    read_hf_tensor: Callable[[str], torch.Tensor],
+    layout: ParallelLayout,
+    *,
+    params_dtype: torch.dtype = torch.float32,
+    use_transformer_engine: bool = False,
+    **config_overrides,
+) -> LoadedModel:
+    """Build this rank's MiniMax-M2 chunk at ``layout`` (already initialised) and load weights.
+
+    Args:
+        hf_config: HF ``config.json`` contents.
+        read_hf_tensor: full HF tensor by on-disk name.
+        layout: the current parallel layout.
+        params_dtype: model dtype (the router gate and bias stay fp32 regardless).
+        use_transformer_engine: TE spec (GPU only) instead of the local spec.
+        config_overrides: other ``TransformerConfig`` fields.
+    """
+    overrides = dict(
+        tensor_model_parallel_size=layout.tp,
+        pipeline_model_parallel_size=layout.pp,
+        expert_model_parallel_size=layout.ep,
+        expert_tensor_parallel_size=layout.expert_tp,
+        sequence_parallel=layout.sp,
+        params_dtype=params_dtype,
+        bf16=params_dtype == torch.bfloat16,
+        pipeline_dtype=params_dtype,
+        use_cpu_initialization=True,
+        transformer_impl="transformer_engine" if use_transformer_engine else "local",
+    )
+    overrides.update(config_overrides)
+    config, model_args = minimax_m2_config_from_hf(hf_config, **overrides)
+    model = build_minimax_m2_model(config, model_args, use_transformer_engine=use_transformer_engine)
+    if torch.cuda.is_available():
+        model = model.cuda()
+    padded = padded_vocab_size(model_args.vocab_size, layout.tp)
+    ctx = mapping_context(config, model_args, padded)
+    load_hf_weights(model, read_hf_tensor, ctx, MINIMAX_M2_WEIGHTS)
+    return LoadedModel(model, config, model_args, ctx, layout)
+
+
+def _gather_vocab(logits_local: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """[b, s, V/tp] vocab-parallel logits -> [b, s, vocab_size] (autograd-correct)."""
+    from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
+
+    return gather_from_tensor_model_parallel_region(logits_local)[..., :vocab_size]
+
+
+def _position_ids(tokens: torch.Tensor) -> torch.Tensor:
+    return torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
+
+
+def megatron_logits(loaded: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
+    """fp32 logits ``[b, s, vocab]`` of the whole (pipelined) model, returned on every rank."""
+    model, config = loaded.model, loaded.config
+    device = next(model.parameters()).device
+    tokens = tokens.to(device)
+    vocab = loaded.model_args.vocab_size
+
+    def forward_step(data_iterator, model_chunk):
+        batch = next(data_iterator)
+        output = model_chunk(batch, _position_ids(batch), None)
+
+        def keep_logits(output_tensor, non_loss_data=False):
+            return _gather_vocab(output_tensor, vocab).float()
+
+        return output, keep_logits
+
+    model.eval()
+    with torch.no_grad():
+        collected = get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter([tokens]),
+            model=[model],
+            num_microbatches=1,
+            seq_length=tokens.shape[1],
+            micro_batch_size=tokens.shape[0],
+            forward_only=True,
+            collect_non_loss_data=True,
+        )
+    logits = torch.zeros(*tokens.shape, vocab, dtype=torch.float32, device=device)
+    last_stage = parallel_state.is_pipeline_last_stage(ignore_virtual=True)
+    if last_stage:
+        logits.copy_(collected[0])
+    # Every rank of the last stage holds the full logits; send them to the other stages.
+    src = parallel_state.get_pipeline_model_parallel_last_rank()
+    torch.distributed.broadcast(
+        logits, src=src, group=parallel_state.get_pipeline_model_parallel_group()
+    )
+    return logits.cpu()
+
+
+def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting ``tokens[:, 1:]`` from ``logits[:, :-1]`` (fp32)."""
+    return F.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]).float(), tokens[:, 1:].reshape(-1)
+    )
+
+
+def megatron_gradients(
+    loaded: LoadedModel, tokens: torch.Tensor
+) -> Tuple[float, Dict[str, torch.Tensor]]:
+    """One forward/backward of :func:`next_token_loss` through Megatron's DDP and
+    ``finalize_model_grads`` (the training gradient path), returned as HF-named full gradients.
+
+    Supports TP/SP/EP layouts without pipeline parallelism.
+    """
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.distributed import finalize_model_grads
+
+    if loaded.layout.pp != 1:
+        raise ValueError("megatron_gradients supports pipeline_model_parallel_size=1 only")
+    ddp = DistributedDataParallel(
+        loaded.config,
+        DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False),
+        loaded.model,
+    )
+    ddp.train()
+    ddp.zero_grad_buffer()
+    device = next(ddp.parameters()).device
+    tokens = tokens.to(device)
+    logits_local = ddp(tokens, _position_ids(tokens), None)
+    loss = next_token_loss(_gather_vocab(logits_local, loaded.model_args.vocab_size), tokens)
+    loss.backward()
+    ddp.finish_grad_sync()
+    finalize_model_grads([ddp])
+
+    def grad_of(tensor):
+        if not isinstance(tensor, torch.nn.Parameter):
+            return None  # buffers (router.expert_bias) have no gradient
+        return tensor.main_grad
+
+    grads = {name: g.cpu() for name, g in iter_hf_weights(ddp, loaded.ctx, MINIMAX_M2_WEIGHTS, tensor_of=grad_of)}
+    return loss.item(), grads
+
+
+@dataclass
+class LogitsComparison:
+    """Megatron vs reference logits and next-token loss."""
+
+    max_abs_diff: float
+    max_rel_diff: float
+    """max |Δ| / max |reference|."""
+    megatron_loss: float
+    reference_loss: float
+
+    @property
+    def loss_diff(self) -> float:
+        return abs(self.megatron_loss - self.reference_loss)
+
+    def ok(self, logits_atol: float = LOGITS_ATOL, loss_atol: float = LOSS_ATOL) -> bool:
+        return self.max_abs_diff <= logits_atol and self.loss_diff <= loss_atol
+
+    def as_dict(self) -> Dict:
+        return {**asdict(self), "loss_diff": self.loss_diff}
+
+
+def compare_logits(
+    megatron: torch.Tensor, reference: torch.Tensor, tokens: torch.Tensor
+) -> LogitsComparison:
+    """Compare two ``[b, s, vocab]`` fp32 logits tensors on the same tokens."""
+    if megatron.shape != reference.shape:
+        raise ValueError(f"logits shapes differ: {tuple(megatron.shape)} vs {tuple(reference.shape)}")
+    diff = (megatron.double() - reference.double()).abs()
+    return LogitsComparison(
+        max_abs_diff=diff.max().item(),
+        max_rel_diff=(diff.max() / reference.double().abs().max()).item(),
+        megatron_loss=next_token_loss(megatron, tokens).item(),
+        reference_loss=next_token_loss(reference, tokens).item(),
+    )
+
+
+def compare_gradients(
+    megatron: Dict[str, torch.Tensor], reference: Dict[str, torch.Tensor]
+) -> Dict[str, float]:
+    """Per HF name, max |Δ| / max |reference| of the gradients. Names must match exactly."""
+    if set(megatron) != set(reference):
+        missing = sorted(set(reference) - set(megatron))
+        extra = sorted(set(megatron) - set(reference))
+        raise ValueError(f"gradient names differ: missing {missing[:5]}, unexpected {extra[:5]}")
+    out = {}
+    for name, ref in reference.items():
+        got = megatron[name]
+        if got.shape != ref.shape:
+            raise ValueError(f"{name}: gradient shape {tuple(got.shape)} vs {tuple(ref.shape)}")
+        scale = ref.double().abs().max().clamp_min(1e-30)
+        out[name] = ((got.double() - ref.double()).abs().max() / scale).item()
+    return out

@@ -1,0 +1,102 @@
+# Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
+"""Shims that let megatron-core 0.19 run on a machine without CUDA (gloo, CPU tensors).
+
+Nothing here is applied on import. Tests, the demo and the CPU path of the parity tool call
+:func:`apply_cpu_shims` explicitly. Each shim replaces a hard-coded ``cuda`` device or CUDA
+runtime call that megatron-core makes even when ``use_cpu_initialization=True``:
+
+1. RNG tracker: ``torch.cuda.manual_seed``/``get_rng_state`` and the tracker's private
+   ``_get_cuda_rng_state``/``_set_cuda_rng_state`` use the CPU generator.
+2. ``torch.cuda.current_device()`` returns the CPU device (router buffers, rotary ``inv_freq``,
+   communication buffers are allocated on it).
+3. ``get_default_causal_mask`` builds the mask on CPU.
+4. ``torch.cuda.synchronize`` is a no-op (dist-checkpoint save).
+5. alltoall dispatcher: a no-op side stream, and split sizes converted to numpy for CPU tensors
+   (upstream converts only CUDA tensors, and gloo's ``all_to_all_single`` needs lists).
+
+The training-step shims (optimizer, clip-grad, schedules) live in :func:`cpu_training_mode`.
+"""
+
+import contextlib
+
+import torch
+
+_APPLIED = False
+
+
+class _NoOpStream:
+    """Stands in for ``torch.cuda.Stream`` on CPU, where every op is synchronous."""
+
+    def wait_stream(self, other):
+        return None
+
+    def record_event(self, event=None):
+        return _NoOpEvent()
+
+    def synchronize(self):
+        return None
+
+    def __eq__(self, other):
+        return isinstance(other, _NoOpStream)
+
+    def __hash__(self):
+        return 0
+
+
+class _NoOpEvent:
+    def synchronize(self):
+        return None
+
+    def wait(self, stream=None):
+        return None
+
+    def record(self, stream=None):
+        return None
+
+
+_NO_OP_STREAM = _NoOpStream()
+
+
+def apply_cpu_shims() -> None:
+    """Patch megatron-core's CUDA-only calls so it runs on CPU. Idempotent.
+
+    Call it before building models, in every process. Does nothing when CUDA is available.
+    """
+    global _APPLIED
+    if _APPLIED or torch.cuda.is_available():
+        return
+
+    import megatron.core.fusions.fused_softmax as fused_softmax
+    import megatron.core.tensor_parallel.random as tp_random
+    import megatron.core.transformer.moe.token_dispatcher as token_dispatcher
+    import megatron.core.transformer.utils as transformer_utils
+
+    torch.cuda.manual_seed = torch.manual_seed
+    torch.cuda.manual_seed_all = torch.manual_seed
+    torch.cuda.get_rng_state = lambda *args, **kwargs: torch.get_rng_state()
+    torch.cuda.set_rng_state = lambda state, *args, **kwargs: torch.set_rng_state(state)
+    tp_random._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
+    tp_random._set_cuda_rng_state = lambda state, *args, **kwargs: torch.set_rng_state(state)
+
+    torch.cuda.current_device = lambda: torch.device("cpu")
+    torch.cuda.synchronize = lambda *args, **kwargs: None
+
+    def causal_mask_on_cpu(sq: int) -> torch.Tensor:
+        return torch.triu(torch.ones(sq, sq), diagonal=1).bool()
+
+    transformer_utils.get_default_causal_mask = causal_mask_on_cpu
+    fused_softmax.get_default_causal_mask = causal_mask_on_cpu
+
+    torch.cuda.Stream = lambda *args, **kwargs: _NO_OP_STREAM
+    torch.cuda.current_stream = lambda *args, **kwargs: _NO_OP_STREAM
+    torch.cuda.stream = lambda stream=None: contextlib.nullcontext()
+
+    upstream_move = token_dispatcher.maybe_move_tensor_to_cpu
+
+    def move_tensor_to_cpu(tensor, as_numpy=False, record_stream=False):
+        if torch.is_tensor(tensor) and not tensor.is_cuda:
+            return tensor.numpy() if as_numpy else tensor
+        return upstream_move(tensor, as_numpy=as_numpy, record_stream=record_stream)
+
+    token_dispatcher.maybe_move_tensor_to_cpu = move_tensor_to_cpu
+    _APPLIED = True

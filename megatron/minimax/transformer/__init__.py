@@ -1,0 +1,1 @@
+"""Transformer building blocks: config, full-dimension QK norm, RMSNorm, fp32 router."""
