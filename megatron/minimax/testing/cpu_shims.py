@@ -13,13 +13,16 @@ runtime call that megatron-core makes even when ``use_cpu_initialization=True``:
 4. ``torch.cuda.synchronize`` is a no-op (dist-checkpoint save).
 5. alltoall dispatcher: a no-op side stream, and split sizes converted to numpy for CPU tensors
    (upstream converts only CUDA tensors, and gloo's ``all_to_all_single`` needs lists).
-
-The training-step shims (optimizer, clip-grad, schedules) live in :func:`cpu_training_mode`.
+6. ``device="cuda"`` literals (pipeline schedules, optimizer, clip-grad): a torch-function mode,
+   active for the rest of the process, maps them to CPU, and ``Tensor.cuda()`` returns the tensor.
+   The optimizer and clip-grad also check ``Tensor.type()`` against ``torch.cuda.*Tensor`` names,
+   so ``type()`` without arguments reports the CUDA name of a CPU tensor.
 """
 
 import contextlib
 
 import torch
+from torch.overrides import TorchFunctionMode
 
 _APPLIED = False
 
@@ -55,6 +58,24 @@ class _NoOpEvent:
 
 
 _NO_OP_STREAM = _NoOpStream()
+
+
+def _is_cuda(device) -> bool:
+    if isinstance(device, torch.device):
+        return device.type == "cuda"
+    if isinstance(device, str):
+        return device.startswith("cuda")
+    return isinstance(device, int)  # a bare ordinal means a CUDA device
+
+
+class _CudaDeviceToCpu(TorchFunctionMode):
+    """Rewrites ``device=<cuda>`` arguments of torch calls to the CPU."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if "device" in kwargs and _is_cuda(kwargs["device"]):
+            kwargs = {**kwargs, "device": torch.device("cpu")}
+        return func(*args, **kwargs)
 
 
 def apply_cpu_shims() -> None:
@@ -99,4 +120,15 @@ def apply_cpu_shims() -> None:
         return upstream_move(tensor, as_numpy=as_numpy, record_stream=record_stream)
 
     token_dispatcher.maybe_move_tensor_to_cpu = move_tensor_to_cpu
+
+    torch.Tensor.cuda = lambda self, *args, **kwargs: self
+    upstream_type = torch.Tensor.type
+
+    def cuda_type_name(self, *args, **kwargs):
+        if args or kwargs:
+            return upstream_type(self, *args, **kwargs)
+        return upstream_type(self).replace("torch.", "torch.cuda.", 1)
+
+    torch.Tensor.type = cuda_type_name
+    _CudaDeviceToCpu().__enter__()
     _APPLIED = True

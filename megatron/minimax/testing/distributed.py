@@ -5,6 +5,7 @@ Tests batch several parallel layouts into one launch: the function initialises a
 Megatron's model-parallel state for each layout itself.
 """
 
+import io
 import os
 import socket
 import traceback
@@ -36,7 +37,11 @@ def _worker(rank, world_size, port, fn, args, queue):
         apply_cpu_shims()
         torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
         result = fn(rank, world_size, *args)
-        queue.put((rank, True, result))
+        # Serialise by value: torch's queue pickler would pass tensors through shared memory
+        # that disappears when this process exits.
+        buffer = io.BytesIO()
+        torch.save(result, buffer)
+        queue.put((rank, True, buffer.getvalue()))
     except BaseException:  # report any failure, including SystemExit, to the parent
         queue.put((rank, False, traceback.format_exc()))
     finally:
@@ -77,4 +82,6 @@ def run_in_processes(fn: Callable, world_size: int, *args, timeout: float = 600)
         raise RuntimeError(
             "\n".join(f"--- rank {rank} ---\n{tb}" for rank, tb in sorted(failures.items()))
         )
-    return [results[rank] for rank in range(world_size)]
+    return [
+        torch.load(io.BytesIO(results[rank]), weights_only=False) for rank in range(world_size)
+    ]

@@ -201,7 +201,8 @@ def iter_hf_weights(
 
     Args:
         tensor_of: what to export from each parameter/buffer: the value by default; for example
-            ``lambda p: p.main_grad`` exports gradients under HF names.
+            ``lambda p: p.main_grad`` exports gradients under HF names. Tensors for which it
+            returns None are skipped (on every rank alike: the model structure is the same).
         ep_group: expert-parallel group; default: Megatron's.
         skip_unmapped: predicate on canonical names without HF mapping to skip (MTP layers);
             any other unmapped tensor raises ``KeyError``.
@@ -217,7 +218,7 @@ def iter_hf_weights(
             raise
         local = tensor_of(mt.tensor)
         if local is None:
-            raise ValueError(f"{mt.canonical_name}: nothing to export (no gradient?)")
+            continue
         full = local
         if mt.partition_dim is not None:
             full = mapping.unshard(_all_gather(local, mt.tp_group), mt.partition_dim)

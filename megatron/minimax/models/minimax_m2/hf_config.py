@@ -21,19 +21,23 @@ from megatron.minimax.transformer.transformer_config import TransformerConfig
 MINIMAX_M2_ARCHITECTURE = "MiniMaxM2ForCausalLM"
 MINIMAX_M2_MODEL_TYPE = "minimax_m2"
 
-# (HF key, TransformerConfig field): one-to-one architecture values.
-CONFIG_MAPPING: Tuple[Tuple[str, str], ...] = (
-    ("num_hidden_layers", "num_layers"),
-    ("hidden_size", "hidden_size"),
-    ("num_attention_heads", "num_attention_heads"),
-    ("num_key_value_heads", "num_query_groups"),
-    ("head_dim", "kv_channels"),
-    ("intermediate_size", "ffn_hidden_size"),
-    ("intermediate_size", "moe_ffn_hidden_size"),
-    ("num_local_experts", "num_moe_experts"),
-    ("num_experts_per_tok", "moe_router_topk"),
-    ("rms_norm_eps", "layernorm_epsilon"),
-    ("attention_dropout", "attention_dropout"),
+_REQUIRED = object()
+
+# (HF key, TransformerConfig field, HF default when the key is absent): one-to-one values.
+# Defaults are transformers' MiniMaxM2Config defaults; the released config.json omits
+# attention_dropout, and Megatron's own default (0.1) would silently add dropout.
+CONFIG_MAPPING: Tuple[Tuple[str, str, Any], ...] = (
+    ("num_hidden_layers", "num_layers", _REQUIRED),
+    ("hidden_size", "hidden_size", _REQUIRED),
+    ("num_attention_heads", "num_attention_heads", _REQUIRED),
+    ("num_key_value_heads", "num_query_groups", _REQUIRED),
+    ("head_dim", "kv_channels", _REQUIRED),
+    ("intermediate_size", "ffn_hidden_size", _REQUIRED),
+    ("intermediate_size", "moe_ffn_hidden_size", _REQUIRED),
+    ("num_local_experts", "num_moe_experts", _REQUIRED),
+    ("num_experts_per_tok", "moe_router_topk", _REQUIRED),
+    ("rms_norm_eps", "layernorm_epsilon", 1e-6),
+    ("attention_dropout", "attention_dropout", 0.0),
 )
 
 # HF keys whose value is fixed by the Megatron implementation (absent means the default holds).
@@ -134,7 +138,7 @@ def _check_identity(hf: Dict[str, Any]) -> None:
 
 
 def _check_supported(hf: Dict[str, Any]) -> None:
-    known = IGNORED_KEYS | set(REQUIRED_VALUES) | {hf_key for hf_key, _ in CONFIG_MAPPING}
+    known = IGNORED_KEYS | set(REQUIRED_VALUES) | {hf_key for hf_key, _, _ in CONFIG_MAPPING}
     unknown = sorted(set(hf) - known)
     if unknown:
         raise ValueError(
@@ -143,10 +147,8 @@ def _check_supported(hf: Dict[str, Any]) -> None:
     for key, required in REQUIRED_VALUES.items():
         if key in hf and hf[key] != required:
             raise ValueError(f"unsupported HF config value {key}={hf[key]!r} (supported: {required!r})")
-    missing = sorted(
-        k for k, _ in CONFIG_MAPPING + (("vocab_size", ""), ("rope_theta", "")) if k not in hf
-        and k != "attention_dropout"
-    )
+    required = {k for k, _, default in CONFIG_MAPPING if default is _REQUIRED}
+    missing = sorted((required | {"vocab_size", "rope_theta"}) - set(hf))
     if missing:
         raise ValueError(f"HF config lacks required keys {missing}")
     attn_types = hf.get("attn_type_list")
@@ -207,7 +209,7 @@ def minimax_m2_config_from_hf(
     _check_identity(hf)
     _check_supported(hf)
 
-    architecture = {field: hf[hf_key] for hf_key, field in CONFIG_MAPPING if hf_key in hf}
+    architecture = {field: hf.get(hf_key, default) for hf_key, field, default in CONFIG_MAPPING}
     architecture.update(
         normalization="RMSNorm",
         qk_layernorm=True,
