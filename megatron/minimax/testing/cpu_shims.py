@@ -28,7 +28,17 @@ _APPLIED = False
 
 
 class _NoOpStream:
-    """Stands in for ``torch.cuda.Stream`` on CPU, where every op is synchronous."""
+    """Stands in for ``torch.cuda.Stream`` on CPU, where every op is synchronous.
+
+    A class (not a factory function) because libraries use ``torch.cuda.Stream`` in annotations.
+    """
+
+    _instance = None
+
+    def __new__(cls, *args, **kwargs):
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
 
     def wait_stream(self, other):
         return None
@@ -93,7 +103,6 @@ def apply_cpu_shims() -> None:
     import megatron.core.transformer.utils as transformer_utils
 
     torch.cuda.manual_seed = torch.manual_seed
-    torch.cuda.manual_seed_all = torch.manual_seed
     torch.cuda.get_rng_state = lambda *args, **kwargs: torch.get_rng_state()
     torch.cuda.set_rng_state = lambda state, *args, **kwargs: torch.set_rng_state(state)
     tp_random._get_cuda_rng_state = lambda *args, **kwargs: torch.get_rng_state()
@@ -108,7 +117,7 @@ def apply_cpu_shims() -> None:
     transformer_utils.get_default_causal_mask = causal_mask_on_cpu
     fused_softmax.get_default_causal_mask = causal_mask_on_cpu
 
-    torch.cuda.Stream = lambda *args, **kwargs: _NO_OP_STREAM
+    torch.cuda.Stream = _NoOpStream
     torch.cuda.current_stream = lambda *args, **kwargs: _NO_OP_STREAM
     torch.cuda.stream = lambda stream=None: contextlib.nullcontext()
 

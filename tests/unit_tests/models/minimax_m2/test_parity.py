@@ -7,7 +7,11 @@ Layouts run in one 4-process gloo launch each (logits) / (gradients).
 import pytest
 import torch
 
-from megatron.minimax.models.minimax_m2.hf_reference import hf_gradients, hf_logits
+from megatron.minimax.models.minimax_m2.hf_reference import (
+    hf_gradients,
+    hf_logits,
+    load_hf_reference_model,
+)
 from megatron.minimax.models.minimax_m2.parity import (
     GRAD_RTOL,
     LOGITS_ATOL,
@@ -17,7 +21,6 @@ from megatron.minimax.models.minimax_m2.parity import (
     compare_logits,
 )
 from megatron.minimax.testing.distributed import run_in_processes
-from megatron.minimax.testing.tiny_checkpoint import load_hf_reference_model
 
 WORLD_SIZE = 4
 LOGITS_LAYOUTS = [

@@ -1,0 +1,182 @@
+# Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
+"""Check a MiniMax-M2 Megatron model against transformers' MiniMaxM2ForCausalLM, in fp32.
+
+Builds the Megatron model at the requested parallel layout, loads the HF weights through the
+MiniMax-M2 weight table, runs the same token ids through Megatron and (on rank 0) through
+transformers, and prints the max abs / rel logit difference and the next-token loss difference.
+Exit status: 0 within tolerance, 1 above it, 2 on bad input.
+
+Launch it like any Megatron tool (gloo on CPU, nccl on GPU):
+
+    torchrun --nproc-per-node 4 tools/checkpoint/verify_minimax_m2.py \\
+        --hf-dir /path/to/MiniMax-M2.5 --tp 2 --ep 2 --etp 1
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    group = parser.add_argument_group(title="input")
+    group.add_argument(
+        "--hf-dir",
+        required=True,
+        help="MiniMax-M2-family HF directory (config.json, safetensors shards + index; BF16, FP32 "
+        "or the released FP8 128x128-block format, which is dequantised in fp32).",
+    )
+    group.add_argument(
+        "--tokens-file",
+        default=None,
+        help="safetensors file with an int64 tensor 'tokens' of shape [batch, seq]. Default: "
+        "random ids (see --batch-size, --seq-length, --seed).",
+    )
+    group.add_argument("--batch-size", type=int, default=2, help="Random tokens: batch size.")
+    group.add_argument("--seq-length", type=int, default=16, help="Random tokens: sequence length.")
+    group.add_argument("--seed", type=int, default=0, help="Random tokens: generator seed.")
+    group = parser.add_argument_group(title="layout")
+    group.add_argument("--tp", type=int, default=1, help="Tensor-parallel size.")
+    group.add_argument("--pp", type=int, default=1, help="Pipeline-parallel size.")
+    group.add_argument("--ep", type=int, default=1, help="Expert-parallel size.")
+    group.add_argument(
+        "--etp", type=int, default=None, help="Expert tensor-parallel size (default: --tp)."
+    )
+    group.add_argument(
+        "--no-sequence-parallel",
+        action="store_true",
+        help="Turn sequence parallelism off (it is on by default whenever --tp > 1).",
+    )
+    group = parser.add_argument_group(title="output")
+    group.add_argument(
+        "--dump-logits",
+        default=None,
+        help="Write the Megatron logits (fp32, key 'logits', [batch, seq, vocab] without "
+        "padding) to this safetensors file.",
+    )
+    group.add_argument(
+        "--logits-atol", type=float, default=1e-4, help="Max accepted |logit difference|."
+    )
+    group.add_argument(
+        "--loss-atol", type=float, default=1e-5, help="Max accepted |loss difference|."
+    )
+    return parser.parse_args(argv)
+
+
+def fail(message: str) -> "NoReturn":  # noqa: F821
+    """Bad input: one line on stderr, exit status 2."""
+    print(f"verify_minimax_m2.py: error: {message}", file=sys.stderr, flush=True)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    sys.exit(2)
+
+
+def load_tokens(args, vocab_size: int) -> torch.Tensor:
+    if args.tokens_file is None:
+        generator = torch.Generator().manual_seed(args.seed)
+        return torch.randint(0, vocab_size, (args.batch_size, args.seq_length), generator=generator)
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(args.tokens_file)
+    except (OSError, SafetensorError) as e:
+        fail(f"{args.tokens_file}: cannot read tokens ({e})")
+    tokens = tensors.get("tokens")
+    if tokens is None:
+        fail(f"{args.tokens_file}: no tensor named 'tokens' (found {sorted(tensors)})")
+    if tokens.dtype != torch.int64 or tokens.dim() != 2:
+        fail(f"{args.tokens_file}: 'tokens' must be int64 [batch, seq], got {tokens.dtype} "
+             f"{list(tokens.shape)}")
+    if tokens.numel() == 0 or tokens.min() < 0 or tokens.max() >= vocab_size:
+        fail(f"{args.tokens_file}: token ids must lie in [0, {vocab_size})")
+    return tokens
+
+
+def init_distributed() -> None:
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29517")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl")
+    else:
+        from megatron.minimax.testing.cpu_shims import apply_cpu_shims
+
+        apply_cpu_shims()
+        dist.init_process_group("gloo")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError, HFCheckpoint
+    from megatron.minimax.models.minimax_m2 import parity
+
+    try:
+        checkpoint = HFCheckpoint(args.hf_dir)
+        checkpoint.validate()
+    except CheckpointError as e:
+        fail(str(e))
+    hf_config = checkpoint.config
+    layout = parity.ParallelLayout(
+        tp=args.tp,
+        pp=args.pp,
+        ep=args.ep,
+        etp=args.etp,
+        sequence_parallel=False if args.no_sequence_parallel else None,
+    )
+    init_distributed()
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    try:
+        layout.validate(world_size, hf_config)
+    except ValueError as e:
+        fail(f"impossible layout {layout} on {world_size} processes: {e}")
+    tokens = load_tokens(args, hf_config["vocab_size"])
+    if layout.sp and tokens.shape[1] % layout.tp:
+        fail(f"sequence parallelism needs the sequence length ({tokens.shape[1]}) divisible by "
+             f"--tp ({layout.tp}); pass --no-sequence-parallel or other tokens")
+
+    parity.initialize_layout(layout)
+    try:
+        loaded = parity.build_from_hf(
+            hf_config, lambda name: checkpoint.get(name, torch.float32), layout
+        )
+    except (CheckpointError, ValueError) as e:
+        fail(str(e))
+    logits = parity.megatron_logits(loaded, tokens)
+
+    status = 0
+    if rank == 0:
+        from megatron.minimax.models.minimax_m2.hf_reference import hf_logits, load_hf_reference_model
+
+        reference = hf_logits(load_hf_reference_model(args.hf_dir), tokens)
+        result = parity.compare_logits(logits, reference, tokens)
+        ok = result.ok(args.logits_atol, args.loss_atol)
+        print(
+            f"layout {layout} ({world_size} processes), tokens {list(tokens.shape)}\n"
+            f"  max |logit diff|  {result.max_abs_diff:.3e}  (tolerance {args.logits_atol:g})\n"
+            f"  max rel diff      {result.max_rel_diff:.3e}\n"
+            f"  loss megatron     {result.megatron_loss:.7f}\n"
+            f"  loss HF           {result.reference_loss:.7f}\n"
+            f"  |loss diff|       {result.loss_diff:.3e}  (tolerance {args.loss_atol:g})\n"
+            f"  {'PASS' if ok else 'FAIL'}",
+            flush=True,
+        )
+        if args.dump_logits:
+            from safetensors.torch import save_file
+
+            save_file({"logits": logits.contiguous()}, args.dump_logits)
+        status = 0 if ok else 1
+    verdict = torch.tensor([status])
+    dist.broadcast(verdict, src=0)
+    dist.destroy_process_group()
+    return int(verdict.item())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
