@@ -50,7 +50,6 @@ REQUIRED_VALUES: Dict[str, Any] = {
     "rope_scaling": None,
     "sliding_window": None,
     "router_jitter_noise": 0.0,
-    "mtp_transformer_layers": 1,
 }
 
 # Keys that do not change the model Megatron builds (tokenizer ids, serving and loading hints,
@@ -73,6 +72,7 @@ IGNORED_KEYS = frozenset(
         "router_aux_loss_coef",
         "use_mtp",
         "num_mtp_modules",
+        "mtp_transformer_layers",
         "max_position_embeddings",
         "vocab_size",
         "tie_word_embeddings",
@@ -147,8 +147,21 @@ def _check_supported(hf: Dict[str, Any]) -> None:
     for key, required in REQUIRED_VALUES.items():
         if key in hf and hf[key] != required:
             raise ValueError(f"unsupported HF config value {key}={hf[key]!r} (supported: {required!r})")
+    rope = hf.get("rope_parameters") or {}
+    unsupported_rope = sorted(set(rope) - {"rope_type", "rope_theta", "partial_rotary_factor"})
+    if rope.get("rope_type", "default") != "default" or unsupported_rope:
+        raise ValueError(
+            f"unsupported rope_parameters {rope!r}: only default RoPE (rope_theta, "
+            "partial_rotary_factor) is supported"
+        )
+    if "rope_theta" in hf and "rope_theta" in rope and hf["rope_theta"] != rope["rope_theta"]:
+        raise ValueError(
+            f"rope_theta={hf['rope_theta']!r} disagrees with "
+            f"rope_parameters.rope_theta={rope['rope_theta']!r}"
+        )
     required = {k for k, _, default in CONFIG_MAPPING if default is _REQUIRED}
-    missing = sorted((required | {"vocab_size", "rope_theta"}) - set(hf))
+    present = set(hf) | ({"rope_theta"} if "rope_theta" in rope else set())
+    missing = sorted((required | {"vocab_size", "rope_theta"}) - present)
     if missing:
         raise ValueError(f"HF config lacks required keys {missing}")
     attn_types = hf.get("attn_type_list")
@@ -176,13 +189,17 @@ def _check_supported(hf: Dict[str, Any]) -> None:
 def rotary_percent_from_hf(hf: Dict[str, Any]) -> float:
     """``rotary_dim / head_dim`` (``partial_rotary_factor`` in newer HF configs)."""
     head_dim = hf["head_dim"]
-    if "rotary_dim" in hf:
-        rotary_dim = hf["rotary_dim"]
-    else:
-        factor = hf.get("partial_rotary_factor")
-        if factor is None:
-            factor = (hf.get("rope_parameters") or {}).get("partial_rotary_factor", 1.0)
-        rotary_dim = round(factor * head_dim)
+    factor = hf.get("partial_rotary_factor")
+    if factor is None:
+        factor = (hf.get("rope_parameters") or {}).get("partial_rotary_factor")
+    rotary_dim = hf.get("rotary_dim")
+    if rotary_dim is not None and factor is not None and rotary_dim != round(factor * head_dim):
+        raise ValueError(
+            f"rotary_dim={rotary_dim} contradicts partial_rotary_factor={factor} "
+            f"(head_dim={head_dim})"
+        )
+    if rotary_dim is None:
+        rotary_dim = round((1.0 if factor is None else factor) * head_dim)
     if rotary_dim <= 0 or rotary_dim > head_dim or rotary_dim % 2:
         raise ValueError(f"rotary_dim={rotary_dim} must be even and in (0, head_dim={head_dim}]")
     return rotary_dim / head_dim
@@ -257,7 +274,7 @@ def minimax_m2_config_from_hf(
         vocab_size=hf["vocab_size"],
         max_sequence_length=hf.get("max_position_embeddings", 4096),
         rotary_percent=rotary_percent_from_hf(hf),
-        rotary_base=int(hf["rope_theta"]),
+        rotary_base=int(hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta"))),
         share_embeddings_and_output_weights=bool(hf.get("tie_word_embeddings", False)),
     )
     return config, model_args

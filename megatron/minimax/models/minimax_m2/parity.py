@@ -72,14 +72,6 @@ class ParallelLayout:
 
     def validate(self, world_size: int, hf: Dict) -> None:
         """Raise ``ValueError`` naming the violated constraint."""
-        model_parallel = self.tp * self.pp
-        if world_size % model_parallel:
-            raise ValueError(f"world size {world_size} is not divisible by TP*PP = {model_parallel}")
-        expert_parallel = self.ep * self.expert_tp * self.pp
-        if world_size % expert_parallel:
-            raise ValueError(
-                f"world size {world_size} is not divisible by EP*ETP*PP = {expert_parallel}"
-            )
         checks = [
             (hf["num_attention_heads"], self.tp, "num_attention_heads", "TP"),
             (hf["num_key_value_heads"], self.tp, "num_key_value_heads", "TP"),
@@ -90,6 +82,14 @@ class ParallelLayout:
         for total, parts, what, how in checks:
             if total % parts:
                 raise ValueError(f"{how}={parts} does not divide {what}={total}")
+        model_parallel = self.tp * self.pp
+        if world_size % model_parallel:
+            raise ValueError(f"world size {world_size} is not divisible by TP*PP = {model_parallel}")
+        expert_parallel = self.ep * self.expert_tp * self.pp
+        if world_size % expert_parallel:
+            raise ValueError(
+                f"world size {world_size} is not divisible by EP*ETP*PP = {expert_parallel}"
+            )
 
 
 def initialize_layout(layout: ParallelLayout, seed: int = 1234) -> None:

@@ -1,0 +1,80 @@
+# Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
+"""tools/checkpoint/verify_minimax_m2.py as users launch it (torchrun, gloo on CPU)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from megatron.minimax.models.minimax_m2.hf_reference import hf_logits, load_hf_reference_model
+from megatron.minimax.models.minimax_m2.parity import LOGITS_ATOL
+
+TOOL = Path(__file__).resolve().parents[3] / "tools" / "checkpoint" / "verify_minimax_m2.py"
+
+
+def _run(args, nproc=None, timeout=300):
+    if nproc is None:
+        cmd = [sys.executable, str(TOOL), *args]
+    else:
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+            "--standalone", str(TOOL), *args,
+        ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def tokens_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tokens") / "tokens.safetensors"
+    tokens = torch.randint(0, 1001, (2, 12), generator=torch.Generator().manual_seed(5))
+    save_file({"tokens": tokens}, str(path))
+    return path
+
+
+class TestVerifyTool:
+    def test_tp2_fp8_checkpoint_passes_and_dumps_logits(
+        self, tiny_fp8_checkpoint, tokens_file, tmp_path
+    ):
+        dump = tmp_path / "logits.safetensors"
+        proc = _run(
+            ["--hf-dir", str(tiny_fp8_checkpoint), "--tp", "2", "--tokens-file", str(tokens_file),
+             "--dump-logits", str(dump)],
+            nproc=2,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "PASS" in proc.stdout and "layout TP2xSP" in proc.stdout
+        logits = load_file(str(dump))["logits"]
+        tokens = load_file(str(tokens_file))["tokens"]
+        assert logits.dtype == torch.float32 and logits.shape == (2, 12, 1001)
+        reference = hf_logits(load_hf_reference_model(tiny_fp8_checkpoint), tokens)
+        assert (logits - reference).abs().max() <= LOGITS_ATOL
+
+    def test_exit_status_1_above_tolerance(self, tiny_bf16_checkpoint):
+        proc = _run(["--hf-dir", str(tiny_bf16_checkpoint), "--logits-atol", "1e-12"])
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert "FAIL" in proc.stdout
+
+    @pytest.mark.parametrize(
+        "args, message",
+        [
+            (["--hf-dir", "/nonexistent/dir"], "/nonexistent/dir"),
+            (["--tp", "3"], "TP=3 does not divide num_attention_heads=8"),
+            (["--tokens-file", "__BAD_TOKENS__"], "no tensor named 'tokens'"),
+        ],
+    )
+    def test_bad_input_exits_2_with_one_line(self, tiny_bf16_checkpoint, tmp_path, args, message):
+        bad_tokens = tmp_path / "bad.safetensors"
+        save_file({"ids": torch.zeros(1, 4, dtype=torch.int64)}, str(bad_tokens))
+        args = [str(bad_tokens) if a == "__BAD_TOKENS__" else a for a in args]
+        if "--hf-dir" not in args:
+            args = ["--hf-dir", str(tiny_bf16_checkpoint), *args]
+        proc = _run(args)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        errors = [line for line in proc.stderr.splitlines() if "verify_minimax_m2.py: error:" in line]
+        assert len(errors) == 1 and message in errors[0], proc.stderr
+        assert "Traceback" not in proc.stderr
