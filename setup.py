@@ -21,6 +21,8 @@ setup(
         # megatron-core's torch_dist checkpointing imports psutil but does not declare it.
         "psutil",
         "tqdm",
+        # Chat templates (SFT data preparation).
+        "jinja2",
     ],
     extras_require={
         "test": ["pytest>=8"],

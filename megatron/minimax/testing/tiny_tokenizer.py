@@ -1,5 +1,5 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
-"""A tiny byte-level BPE tokenizer with MiniMax-M2's special tokens and chat-template structure.
+r"""A tiny byte-level BPE tokenizer with MiniMax-M2's special tokens and chat-template structure.
 
 :func:`build_tiny_tokenizer` trains a byte-level BPE (the ``tokenizers`` library) on a small
 in-memory corpus, appends MiniMax-M2's special tokens after the regular vocabulary (as the release
@@ -7,11 +7,15 @@ does: regular ids first, then ``]!p~[``, ..., ``]~!b[``, ``<think>`` ...) and at
 chat template with the structure of the stock MiniMax-M2.5 template (architecture notes,
 section 6)::
 
-    ]~!b[]~b]system\\n{system}[e~[\\n
-    ]~b]user\\n{text}[e~[\\n
-    ]~b]ai\\n<think>\\n{reasoning}\\n</think>\\n\\n{content}[e~[\\n     (reasoning only after the last user)
-    ]~b]tool\\n<response>{result}</response>[e~[\\n
-    generation prompt: ]~b]ai\\n<think>\\n
+    ]~!b[]~b]system\n{system}[e~[\n
+    ]~b]user\n{text}[e~[\n
+    ]~b]ai\n<think>\n{reasoning}\n</think>\n\n{content}[e~[\n
+    ]~b]tool\n<response>{result}</response>[e~[\n
+    generation prompt: ]~b]ai\n<think>\n
+
+with the ``<think>`` block only for assistant turns after the last user message, tool calls as
+``\n<minimax:tool_call>\n<invoke name="f">\n<parameter name="k">v</parameter>\n</invoke>\n
+</minimax:tool_call>`` after the content, and consecutive tool messages sharing one ``]~b]tool``.
 
 The directory it writes loads with ``transformers.AutoTokenizer.from_pretrained(dir)`` as a fast
 tokenizer, so it exercises the same code paths as the released tokenizer. All ids are below
@@ -23,8 +27,18 @@ import logging
 from pathlib import Path
 from typing import List, Tuple, Union
 
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-from tokenizers import processors, trainers
+from tokenizers import (
+    Regex,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
+
+from megatron.minimax.data.preprocess import BOS_TOKEN, END_OF_TURN, ROLE_PREFIX
 
 __all__ = [
     "BOS_TOKEN",
@@ -39,14 +53,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-BOS_TOKEN = "]~!b["
-"""Beginning of a conversation (id 200034 in the release)."""
-
-ROLE_PREFIX = "]~b]"
-"""Starts every turn; the role name that follows is ordinary text (id 200019 in the release)."""
-
-EOS_TOKEN = "[e~["
-"""End of turn and end of sequence (id 200020 in the release)."""
+EOS_TOKEN = END_OF_TURN
+"""The tokenizer's EOS is MiniMax-M2's end-of-turn token ``[e~[``."""
 
 SPECIAL_TOKENS: Tuple[str, ...] = (
     "]!p~[",
@@ -56,7 +64,7 @@ SPECIAL_TOKENS: Tuple[str, ...] = (
     "<fim_pad>",
     "<reponame>",
     ROLE_PREFIX,
-    EOS_TOKEN,
+    END_OF_TURN,
     "]!d~[",
     "<function_call>",
     "]<]image[>[",
@@ -107,14 +115,19 @@ TINY_CHAT_TEMPLATE = r"""
     {%- if m.role == 'user' -%}{%- set ns.last_user = loop.index0 -%}{%- endif -%}
 {%- endfor -%}
 {{- ']~!b[]~b]system\n' -}}
-{{- system_text if system_text else 'You are a helpful assistant. Your name is MiniMax-M2.5 and is built by MiniMax.' -}}
+{%- if system_text -%}{{- system_text -}}
+{%- else -%}
+    {{- 'You are a helpful assistant. Your name is MiniMax-M2.5 and is built by MiniMax.' -}}
+{%- endif -%}
 {%- if tools -%}
     {{- '\n\n# Tools\nYou may call one or more tools to assist with the user query.\n' -}}
     {{- 'Here are the tools available in JSONSchema format:\n\n<tools>\n' -}}
     {%- for tool in tools -%}
-        {{- '<tool>' ~ ((tool.function if tool.function is defined else tool) | tojson) ~ '</tool>\n' -}}
+        {%- set schema = tool.function if tool.function is defined else tool -%}
+        {{- '<tool>' ~ (schema | tojson) ~ '</tool>\n' -}}
     {%- endfor -%}
-    {{- '</tools>\n\nWhen making tool calls, use XML format to invoke tools and pass parameters:\n' -}}
+    {{- '</tools>\n\nWhen making tool calls, use XML format to invoke tools and pass ' -}}
+    {{- 'parameters:\n' -}}
     {{- '\n<minimax:tool_call>\n<invoke name="tool-name">\n' -}}
     {{- '<parameter name="param-key">param-value</parameter>\n</invoke>\n</minimax:tool_call>' -}}
 {%- endif -%}
@@ -152,7 +165,9 @@ TINY_CHAT_TEMPLATE = r"""
         {%- endif -%}
         {{- '[e~[\n' -}}
     {%- elif m.role == 'tool' -%}
-        {%- if loop.first or turns[loop.index0 - 1].role != 'tool' -%}{{- ']~b]tool' -}}{%- endif -%}
+        {%- if loop.first or turns[loop.index0 - 1].role != 'tool' -%}
+            {{- ']~b]tool' -}}
+        {%- endif -%}
         {{- '\n<response>' ~ visible_text(m.content) ~ '</response>' -}}
         {%- if loop.last or turns[loop.index0 + 1].role != 'tool' -%}{{- '[e~[\n' -}}{%- endif -%}
     {%- endif -%}
@@ -180,8 +195,9 @@ _CORPUS: Tuple[str, ...] = (
     "for i in range(10):\n    if i % 2 == 0:\n        print(i)\n",
     'import json\ndata = json.loads(\'{"city": "Paris", "days": 3}\')\n',
     "system user ai tool assistant response think reasoning answer question",
+    "user ai user ai system tool user ai tool ai system user ai",
     '<invoke name="get_weather">\n<parameter name="city">Paris</parameter>\n</invoke>\n',
-    "<tools>\n<tool>{\"name\": \"search\", \"parameters\": {\"type\": \"object\"}}</tool>\n</tools>",
+    '<tools>\n<tool>{"name": "search", "parameters": {"type": "object"}}</tool>\n</tools>',
     "The tool returned a result. The temperature is 21 degrees and the sky is clear.",
     "Hello! How can I help you today? I can write code, explain ideas and plan tasks.",
     "Thanks, that was useful. Can you also tell me about Berlin and London?",
@@ -252,9 +268,9 @@ def build_tiny_tokenizer(out_dir: Union[str, Path]) -> Path:
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,
         bos_token=BOS_TOKEN,
-        eos_token=EOS_TOKEN,
+        eos_token=END_OF_TURN,
         # The release has no pad token; the usual choice for training is the end-of-turn token.
-        pad_token=EOS_TOKEN,
+        pad_token=END_OF_TURN,
         model_max_length=1 << 20,
         clean_up_tokenization_spaces=False,
     )
