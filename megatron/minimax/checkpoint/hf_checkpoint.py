@@ -290,6 +290,11 @@ class HFCheckpoint:
                 raise CheckpointError(f"{self.file_of(name)}: tensor '{name}': {e}") from e
         return tensor.to(dtype)
 
+    def nbytes(self, name: str) -> int:
+        """On-disk bytes of ``name`` plus its ``scale_inv`` companion, from the shard headers."""
+        scale_name = self._check_quantized_pair(name)
+        return self._info(name).nbytes + (self._info(scale_name).nbytes if scale_name else 0)
+
     def total_bytes(self) -> int:
         """Bytes of tensor data the index refers to (scales included), from the shard headers."""
         return sum(self._info(name).nbytes for name in self._weight_map)

@@ -280,7 +280,29 @@ def minimax_m2_config_from_hf(
     return config, model_args
 
 
-def padded_vocab_size(vocab_size: int, tensor_parallel_size: int, divisible_by: int = 128) -> int:
-    """Megatron's padded vocabulary: a multiple of ``divisible_by * tensor_parallel_size``."""
-    multiple = divisible_by * tensor_parallel_size
+VOCAB_PADDING_MULTIPLE = 128
+"""Embedding/output rows are padded to a multiple of this, whatever the TP size."""
+
+
+def make_vocab_size_divisible_by(tensor_parallel_size: int) -> int:
+    """Megatron's ``--make-vocab-size-divisible-by`` for :func:`padded_vocab_size` at this TP.
+
+    Megatron pads to a multiple of ``make_vocab_size_divisible_by * TP``. A fixed multiple of
+    128 across TP sizes keeps the checkpoint's embedding shape the same at every layout (so
+    torch_dist checkpoints reshard across TP), and leaves the released 200,064 (= 128 * 1563)
+    unpadded: padded rows would add zero logits to the training loss.
+    """
+    if tensor_parallel_size < 1 or VOCAB_PADDING_MULTIPLE % tensor_parallel_size:
+        raise ValueError(
+            f"tensor_model_parallel_size ({tensor_parallel_size}) must divide "
+            f"{VOCAB_PADDING_MULTIPLE} (the vocabulary padding multiple)"
+        )
+    return VOCAB_PADDING_MULTIPLE // tensor_parallel_size
+
+
+def padded_vocab_size(vocab_size: int, tensor_parallel_size: int = 1) -> int:
+    """Rows of the Megatron embedding and output layer: ``vocab_size`` rounded up to a multiple of
+    128, the same at every TP size that divides 128 (200,064 stays 200,064; 1,001 becomes 1,024).
+    """
+    multiple = make_vocab_size_divisible_by(tensor_parallel_size) * tensor_parallel_size
     return int(math.ceil(vocab_size / multiple) * multiple)

@@ -29,7 +29,6 @@ def build_minimax_m2_model(
     pre_process: Optional[bool] = None,
     post_process: Optional[bool] = None,
     vp_stage: Optional[int] = None,
-    make_vocab_size_divisible_by: int = 128,
 ) -> GPTModel:
     """Build the model chunk of this pipeline stage (Megatron's model-parallel state must be set).
 
@@ -40,7 +39,9 @@ def build_minimax_m2_model(
         pre_process / post_process: embedding / output layer on this stage (default: first / last
             pipeline stage).
         vp_stage: virtual pipeline stage.
-        make_vocab_size_divisible_by: the vocabulary is padded to a multiple of this times TP.
+
+    The vocabulary is padded as :func:`~megatron.minimax.models.minimax_m2.hf_config.
+    padded_vocab_size` says: to a multiple of 128, the same at every TP size.
     """
     if use_transformer_engine is None:
         use_transformer_engine = HAVE_TE and config.transformer_impl == "transformer_engine"
@@ -60,9 +61,7 @@ def build_minimax_m2_model(
     return GPTModel(
         config=config,
         transformer_layer_spec=block_spec,
-        vocab_size=padded_vocab_size(
-            model_args.vocab_size, config.tensor_model_parallel_size, make_vocab_size_divisible_by
-        ),
+        vocab_size=padded_vocab_size(model_args.vocab_size, config.tensor_model_parallel_size),
         max_sequence_length=model_args.max_sequence_length,
         pre_process=pre_process,
         post_process=post_process,

@@ -118,7 +118,7 @@ class LoadedModel:
 
 def build_from_hf(
     hf_config: Dict,
-    read_hf_tensor: Callable[[str], torch.Tensor],
+    read_hf_tensor: Optional[Callable[[str], torch.Tensor]],
     layout: ParallelLayout,
     *,
     params_dtype: torch.dtype = torch.float32,
@@ -129,7 +129,7 @@ def build_from_hf(
 
     Args:
         hf_config: HF ``config.json`` contents.
-        read_hf_tensor: full HF tensor by on-disk name.
+        read_hf_tensor: full HF tensor by on-disk name, or None to keep the initial weights.
         layout: the current parallel layout.
         params_dtype: model dtype (the router gate and bias stay fp32 regardless).
         use_transformer_engine: TE spec (GPU only) instead of the local spec.
@@ -154,8 +154,57 @@ def build_from_hf(
         model = model.cuda()
     padded = padded_vocab_size(model_args.vocab_size, layout.tp)
     ctx = mapping_context(config, model_args, padded)
-    load_hf_weights(model, read_hf_tensor, ctx, MINIMAX_M2_WEIGHTS)
+    if read_hf_tensor is not None:
+        load_hf_weights(model, read_hf_tensor, ctx, MINIMAX_M2_WEIGHTS)
     return LoadedModel(model, config, model_args, ctx, layout)
+
+
+def resolve_dist_checkpoint_dir(load_dir) -> str:
+    """The torch_dist directory of a Megatron checkpoint root (``latest_checkpointed_iteration.txt``
+    naming ``release`` or an iteration), or ``load_dir`` itself if it is one."""
+    import os
+
+    tracker = os.path.join(load_dir, "latest_checkpointed_iteration.txt")
+    if not os.path.exists(tracker):
+        return str(load_dir)
+    with open(tracker) as f:
+        step = f.read().strip()
+    name = "release" if step == "release" else f"iter_{int(step):07d}"
+    return os.path.join(load_dir, name)
+
+
+def dist_checkpoint_dtype(load_dir) -> torch.dtype:
+    """dtype of the embedding in a torch_dist checkpoint (the dtype it was converted to)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    metadata = FileSystemReader(resolve_dist_checkpoint_dir(load_dir)).read_metadata()
+    return metadata.state_dict_metadata["embedding.word_embeddings.weight"].properties.dtype
+
+
+def build_from_dist_checkpoint(
+    hf_config: Dict,
+    load_dir,
+    layout: ParallelLayout,
+    *,
+    params_dtype: torch.dtype = torch.float32,
+    **config_overrides,
+) -> LoadedModel:
+    """Build this rank's chunk at ``layout`` and load a torch_dist checkpoint into it (megatron-core
+    reshards at load). Values are cast to ``params_dtype`` (the router stays fp32)."""
+    from megatron.core import dist_checkpointing
+
+    loaded = build_from_hf(
+        hf_config, None, layout, params_dtype=params_dtype, **config_overrides
+    )
+    sharded = loaded.model.sharded_state_dict()
+    state = dist_checkpointing.load(sharded, resolve_dist_checkpoint_dir(load_dir))
+    # The load also returns the checkpoint's common (non-tensor) state, e.g. checkpoint_version.
+    state = {k: v for k, v in state.items() if k in sharded}
+    missing, unexpected = loaded.model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("_extra_state")]
+    if missing or unexpected:
+        raise ValueError(f"{load_dir}: checkpoint lacks {missing[:5]}, has unexpected {unexpected[:5]}")
+    return loaded
 
 
 def _gather_vocab(logits_local: torch.Tensor, vocab_size: int) -> torch.Tensor:

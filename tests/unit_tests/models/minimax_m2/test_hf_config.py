@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from megatron.minimax.models.minimax_m2.hf_config import (
     GPTModelArgs,
     minimax_m2_config_from_hf,
+    make_vocab_size_divisible_by,
     padded_vocab_size,
 )
 from megatron.minimax.transformer.transformer_config import TransformerConfig
@@ -221,16 +222,17 @@ class TestPaddedVocabSize:
     def test_release_vocab_stays_at_tp1(self):
         assert padded_vocab_size(200064, 1) == 200064
 
-    def test_release_vocab_pads_at_tp2(self):
-        assert padded_vocab_size(200064, 2) == 200192
-        assert padded_vocab_size(200064, 2, divisible_by=128) == 200192
-        assert 200192 % 256 == 0 and 200192 - 256 < 200064
+    def test_release_vocab_stays_unpadded_at_every_tp_dividing_128(self):
+        for tp in (1, 2, 4, 8, 16, 128):
+            assert padded_vocab_size(200064, tp) == 200064
+            assert make_vocab_size_divisible_by(tp) * tp == 128
 
-    def test_odd_vocab_pads_to_next_multiple(self):
-        assert padded_vocab_size(1001, 1) == 1024
-        assert padded_vocab_size(1001, 4) == 1024
-        assert padded_vocab_size(1001, 8) == 1024
-        assert padded_vocab_size(1001, 1, divisible_by=1) == 1001
+    def test_odd_vocab_pads_to_next_multiple_of_128_at_every_tp(self):
+        assert [padded_vocab_size(1001, tp) for tp in (1, 2, 4, 8)] == [1024] * 4
+
+    def test_tp_that_does_not_divide_128_is_refused(self):
+        with pytest.raises(ValueError, match=r"tensor_model_parallel_size \(3\) must divide 128"):
+            padded_vocab_size(1001, 3)
 
 
 class TestRefusals:

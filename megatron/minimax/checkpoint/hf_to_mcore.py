@@ -1,0 +1,276 @@
+# Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
+"""Convert a released MiniMax-M2-family HF checkpoint into a Megatron torch_dist checkpoint.
+
+Streaming: every model tensor is built from its HF tensors (FP8 blocks dequantised in fp32,
+then rounded once to the target dtype), split into its torch_dist chunks and written, before the
+next is read; memory holds one tensor per worker, whatever the checkpoint size. The output is
+Megatron's ``latest_checkpointed_iteration.txt`` + ``release/`` layout, with keys and shapes taken
+from the model's own ``sharded_state_dict()``, so ``--load`` reshards it to any TP/PP/EP/ETP.
+"""
+
+import hashlib
+import json
+import logging
+import math
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple
+
+import torch
+
+from megatron.minimax.checkpoint.dist_checkpoint_layout import (
+    CheckpointUnit,
+    DistCheckpointLayout,
+    dist_checkpoint_layout,
+    init_single_process_group,
+)
+from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError, HFCheckpoint, find_nonfinite
+from megatron.minimax.checkpoint.output_dir import atomic_output_dir, free_bytes
+from megatron.minimax.checkpoint.torch_dist_writer import CHECKPOINT_VERSION, TorchDistWriter
+
+logger = logging.getLogger(__name__)
+
+RELEASE_DIR = "release"
+TRACKER_FILE = "latest_checkpointed_iteration.txt"
+PROVENANCE_FILE = "minimax_m2_conversion.json"
+
+
+@dataclass
+class ConversionStats:
+    """What a conversion read and wrote."""
+
+    tensors_read: int = 0
+    bytes_read: int = 0
+    chunks_written: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0
+    fresh_mtp_tensors: int = 0
+    nonfinite: Dict[str, int] = field(default_factory=dict)
+    """HF tensor name -> number of NaN/Inf values."""
+
+    def summary(self) -> str:
+        gib = 1024**3
+        rate = self.bytes_read / gib / self.seconds if self.seconds else 0.0
+        lines = [
+            f"read {self.tensors_read} HF tensors ({self.bytes_read / gib:.2f} GiB), wrote "
+            f"{self.chunks_written} chunks ({self.bytes_written / gib:.2f} GiB) in "
+            f"{self.seconds:.1f} s ({rate:.2f} GiB/s read)",
+        ]
+        if self.fresh_mtp_tensors:
+            lines.append(f"initialised {self.fresh_mtp_tensors} MTP tensors (not in the release)")
+        if self.nonfinite:
+            lines.append(f"NaN/Inf in {len(self.nonfinite)} tensors: {sorted(self.nonfinite)[:5]}")
+        return "\n".join(lines)
+
+
+def _mtp_initial_value(unit: CheckpointUnit, init_std: float, num_layers: int) -> torch.Tensor:
+    """Fresh MTP weights, as megatron-core initialises them: RMSNorm weights 1, the expert bias
+    0, ``linear_proj``/``linear_fc2`` N(0, std / sqrt(2 * num_layers)), every other matrix
+    N(0, std). Seeded from the tensor name, so reruns give identical checkpoints."""
+    name = unit.canonical_name
+    leaf = name.rsplit(".", 1)[-1]
+    if "norm" in name or leaf == "layer_norm_weight":
+        return torch.ones(unit.shape, dtype=unit.dtype)
+    if name.endswith("expert_bias"):
+        return torch.zeros(unit.shape, dtype=unit.dtype)
+    std = init_std
+    if ".linear_proj." in name or ".linear_fc2." in name:
+        std = init_std / math.sqrt(2.0 * num_layers)
+    seed = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
+    generator = torch.Generator().manual_seed(seed)
+    value = torch.randn(unit.shape, generator=generator, dtype=torch.float32) * std
+    return value.to(unit.dtype)
+
+
+class _Plan:
+    """Which HF tensors build which unit; exhaustive in both directions."""
+
+    def __init__(self, layout: DistCheckpointLayout, checkpoint: HFCheckpoint, config: Dict):
+        from megatron.minimax.models.minimax_m2.weight_mapping import MINIMAX_M2_WEIGHTS
+
+        self.table = MINIMAX_M2_WEIGHTS
+        self.sources: List[Tuple[CheckpointUnit, Optional[object], Tuple[str, ...]]] = []
+        consumed: Dict[str, str] = {}
+        unmapped = []
+        for unit in layout.units:
+            if unit.canonical_name.startswith("mtp."):
+                self.sources.append((unit, None, ()))
+                continue
+            try:
+                mapping, fields = self.table.resolve_megatron(unit.canonical_name)
+            except KeyError:
+                unmapped.append(unit.canonical_name)
+                continue
+            names = mapping.hf_names(**fields)
+            for name in names:
+                if name in consumed:
+                    raise CheckpointError(
+                        f"{name} would feed both {consumed[name]} and {unit.canonical_name}"
+                    )
+                consumed[name] = unit.canonical_name
+            self.sources.append((unit, mapping, names))
+        if unmapped:
+            raise CheckpointError(f"no HF source for Megatron tensors {unmapped[:10]}")
+        available = set(checkpoint.tensor_names())
+        missing = sorted(set(consumed) - available)
+        unexpected = sorted(available - set(consumed))
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{checkpoint.path}: tensors do not match a MiniMax-M2 model of "
+                f"{config['num_hidden_layers']} layers and {config['num_local_experts']} experts: "
+                f"missing {len(missing)} {missing[:5]}, unexpected {len(unexpected)} "
+                f"{unexpected[:5]}"
+            )
+
+
+def convert_hf_to_mcore(
+    hf_dir: Path,
+    save_dir: Path,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    workers: int = 1,
+    mtp_num_layers: Optional[int] = None,
+    overwrite: bool = False,
+    allow_nonfinite: bool = False,
+    progress: Optional[Callable[[int, int], None]] = None,
+) -> ConversionStats:
+    """Convert ``hf_dir`` into a Megatron torch_dist checkpoint at ``save_dir``.
+
+    Args:
+        hf_dir: released-format HF directory (FP8 or BF16/FP32).
+        save_dir: output directory (``latest_checkpointed_iteration.txt`` + ``release/``).
+        dtype: dtype of the stored weights; the router gate and expert bias stay fp32.
+        workers: tensors converted concurrently (one output data file each).
+        mtp_num_layers: also write this many freshly initialised MTP layers.
+        overwrite: replace a non-empty ``save_dir``.
+        allow_nonfinite: write tensors with NaN/Inf instead of refusing.
+        progress: called as ``progress(bytes_read, tensors_done)`` after each tensor.
+
+    Raises:
+        CheckpointError: bad input or output (one-line message naming the file and tensor).
+    """
+    start = time.time()
+    hf_dir, save_dir = Path(hf_dir), Path(save_dir)
+    checkpoint = HFCheckpoint(hf_dir)
+    checkpoint.validate()
+    config = dict(checkpoint.config)
+    try:
+        from megatron.minimax.models.minimax_m2.hf_config import minimax_m2_config_from_hf
+
+        megatron_config, model_args = minimax_m2_config_from_hf(config, mtp_num_layers=mtp_num_layers)
+    except ValueError as e:
+        raise CheckpointError(f"{hf_dir / 'config.json'}: {e}") from None
+
+    init_single_process_group()
+    layout = dist_checkpoint_layout(config, dtype, mtp_num_layers)
+    plan = _Plan(layout, checkpoint, config)
+
+    from megatron.minimax.models.minimax_m2.weight_mapping import mapping_context
+
+    embedding = layout.unit("embedding.word_embeddings.weight")
+    ctx = mapping_context(megatron_config, model_args, padded_vocab_size=embedding.shape[0])
+
+    output_bytes = sum(unit.nbytes for unit in layout.units)
+    stats = ConversionStats()
+    lock = threading.Lock()
+
+    with atomic_output_dir(save_dir, overwrite) as work:
+        if free_bytes(work) < output_bytes:
+            raise CheckpointError(
+                f"{save_dir.parent}: {free_bytes(work) / 1024**3:.1f} GiB free, the checkpoint "
+                f"needs {output_bytes / 1024**3:.1f} GiB"
+            )
+        writer = TorchDistWriter(work / RELEASE_DIR)
+        buckets: List[List] = [[] for _ in range(max(1, workers))]
+        sizes = [0] * len(buckets)
+        for source in sorted(plan.sources, key=lambda s: -s[0].nbytes):
+            i = sizes.index(min(sizes))
+            buckets[i].append(source)
+            sizes[i] += source[0].nbytes
+
+        def convert_bucket(bucket):
+            reader = HFCheckpoint(hf_dir)
+            data_file = writer.open_file()
+            try:
+                for unit, mapping, names in bucket:
+                    read_bytes, nonfinite = 0, {}
+                    if mapping is None:
+                        full = _mtp_initial_value(
+                            unit, megatron_config.init_method_std, megatron_config.num_layers
+                        )
+                    else:
+                        tensors = []
+                        for name in names:
+                            tensor = reader.get(name, torch.float32)
+                            bad = find_nonfinite(tensor)
+                            if bad:
+                                nonfinite[name] = bad
+                            tensors.append(tensor)
+                            read_bytes += reader.nbytes(name)
+                        full = mapping.to_megatron(tensors, ctx)
+                        if tuple(full.shape) != unit.shape:
+                            raise CheckpointError(
+                                f"{reader.file_of(names[0])}: {list(names)} give "
+                                f"{unit.canonical_name} shape {tuple(full.shape)}, the model "
+                                f"described by config.json has {unit.shape}"
+                            )
+                        full = full.to(unit.dtype)
+                        del tensors
+                    if nonfinite and not allow_nonfinite:
+                        name, count = next(iter(nonfinite.items()))
+                        raise CheckpointError(
+                            f"{reader.file_of(name)}: tensor {name} has {count} NaN/Inf values "
+                            "(pass --allow-nonfinite to convert anyway)"
+                        )
+                    written = sum(
+                        data_file.write_chunk(chunk, piece)
+                        for chunk, piece in zip(unit.chunks, unit.to_chunks(full))
+                    )
+                    del full
+                    with lock:
+                        stats.tensors_read += len(names)
+                        stats.bytes_read += read_bytes
+                        stats.chunks_written += len(unit.chunks)
+                        stats.bytes_written += written
+                        stats.fresh_mtp_tensors += mapping is None
+                        stats.nonfinite.update(nonfinite)
+                        if progress is not None:
+                            progress(stats.bytes_read, stats.tensors_read)
+            finally:
+                data_file.close()
+                reader.close()
+
+        try:
+            with ThreadPoolExecutor(max_workers=len(buckets)) as pool:
+                for future in [pool.submit(convert_bucket, b) for b in buckets if b]:
+                    future.result()
+            objects_file = writer.open_file()
+            for obj in layout.objects:
+                objects_file.write_object(obj.unique_key, obj.data)
+            writer.finish({"checkpoint_version": CHECKPOINT_VERSION})
+        except OSError as e:
+            raise CheckpointError(f"{e.filename or save_dir}: cannot write ({e.strerror})") from None
+
+        expected = {(c.key, c.global_offset) for u in layout.units for c in u.chunks}
+        written = set(writer.written_chunks())
+        if expected != written:
+            raise CheckpointError(
+                f"{save_dir}: internal error, chunks missing {sorted(expected - written)[:5]} "
+                f"unexpected {sorted(written - expected)[:5]}"
+            )
+        (work / TRACKER_FILE).write_text(RELEASE_DIR)
+        stats.seconds = time.time() - start
+        provenance = {
+            "source": str(hf_dir.resolve()),
+            "source_quantization": checkpoint.quantization_config,
+            "dtype": str(dtype).replace("torch.", ""),
+            "mtp_num_layers": mtp_num_layers or 0,
+            "padded_vocab_size": embedding.shape[0],
+            "hf_config": config,
+            "stats": asdict(stats),
+        }
+        (work / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=2) + "\n")
+    return stats
