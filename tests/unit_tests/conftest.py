@@ -18,3 +18,13 @@ def tiny_fp8_checkpoint(tmp_path_factory):
     return build_tiny_checkpoint(
         tmp_path_factory.mktemp("tiny") / "fp8", tiny_hf_config(), seed=0, fp8=True
     )
+
+
+@pytest.fixture(scope="session")
+def converted_fp8_checkpoint(tiny_fp8_checkpoint, tmp_path_factory):
+    """``tiny_fp8_checkpoint`` converted to a Megatron torch_dist checkpoint (bf16, no MTP)."""
+    from megatron.minimax.checkpoint.hf_to_mcore import convert_hf_to_mcore
+
+    save_dir = tmp_path_factory.mktemp("mcore") / "fp8_to_bf16"
+    convert_hf_to_mcore(tiny_fp8_checkpoint, save_dir)
+    return save_dir

@@ -1,10 +1,12 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
 """Check a MiniMax-M2 Megatron model against transformers' MiniMaxM2ForCausalLM, in fp32.
 
-Builds the Megatron model at the requested parallel layout, loads the HF weights through the
-MiniMax-M2 weight table, runs the same token ids through Megatron and (on rank 0) through
+Builds the Megatron model at the requested parallel layout, fills it either with the HF weights
+(through the MiniMax-M2 weight table) or, with --load-dir, from a Megatron torch_dist checkpoint
+(resharded at load), runs the same token ids through Megatron and (on rank 0) through
 transformers, and prints the max abs / rel logit difference and the next-token loss difference.
-Exit status: 0 within tolerance, 1 above it, 2 on bad input.
+The HF reference uses exactly the weights Megatron holds: rounded to bf16 when the torch_dist
+checkpoint stores bf16. Exit status: 0 within tolerance, 1 above it, 2 on bad input.
 
 Launch it like any Megatron tool (gloo on CPU, nccl on GPU):
 
@@ -29,7 +31,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--hf-dir",
         required=True,
         help="MiniMax-M2-family HF directory (config.json, safetensors shards + index; BF16, FP32 "
-        "or the released FP8 128x128-block format, which is dequantised in fp32).",
+        "or the released FP8 128x128-block format, which is dequantised in fp32). The reference, "
+        "and the Megatron weights unless --load-dir is given.",
+    )
+    group.add_argument(
+        "--load-dir",
+        default=None,
+        help="Megatron torch_dist checkpoint (e.g. from convert_minimax_m2.py hf-to-mcore) to "
+        "load into the Megatron model instead of mapping the HF weights.",
     )
     group.add_argument(
         "--tokens-file",
@@ -141,11 +150,23 @@ def main(argv=None) -> int:
         fail(f"sequence parallelism needs the sequence length ({tokens.shape[1]}) divisible by "
              f"--tp ({layout.tp}); pass --no-sequence-parallel or other tokens")
 
+    reference_rounding = None
+    if args.load_dir is not None:
+        from megatron.core.dist_checkpointing.core import check_is_distributed_checkpoint
+
+        if not check_is_distributed_checkpoint(parity.resolve_dist_checkpoint_dir(args.load_dir)):
+            fail(f"{args.load_dir}: not a Megatron torch_dist checkpoint")
+        stored = parity.dist_checkpoint_dtype(args.load_dir)
+        reference_rounding = None if stored == torch.float32 else stored
+
     parity.initialize_layout(layout)
     try:
-        loaded = parity.build_from_hf(
-            hf_config, lambda name: checkpoint.get(name, torch.float32), layout
-        )
+        if args.load_dir is None:
+            loaded = parity.build_from_hf(
+                hf_config, lambda name: checkpoint.get(name, torch.float32), layout
+            )
+        else:
+            loaded = parity.build_from_dist_checkpoint(hf_config, args.load_dir, layout)
     except (CheckpointError, ValueError) as e:
         fail(str(e))
     logits = parity.megatron_logits(loaded, tokens)
@@ -154,11 +175,15 @@ def main(argv=None) -> int:
     if rank == 0:
         from megatron.minimax.models.minimax_m2.hf_reference import hf_logits, load_hf_reference_model
 
-        reference = hf_logits(load_hf_reference_model(args.hf_dir), tokens)
+        reference = hf_logits(
+            load_hf_reference_model(args.hf_dir, round_to=reference_rounding), tokens
+        )
         result = parity.compare_logits(logits, reference, tokens)
         ok = result.ok(args.logits_atol, args.loss_atol)
+        source = args.load_dir if args.load_dir else args.hf_dir
         print(
-            f"layout {layout} ({world_size} processes), tokens {list(tokens.shape)}\n"
+            f"layout {layout} ({world_size} processes), tokens {list(tokens.shape)}, "
+            f"weights from {source}\n"
             f"  max |logit diff|  {result.max_abs_diff:.3e}  (tolerance {args.logits_atol:g})\n"
             f"  max rel diff      {result.max_rel_diff:.3e}\n"
             f"  loss megatron     {result.megatron_loss:.7f}\n"

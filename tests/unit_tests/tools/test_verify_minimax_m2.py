@@ -54,6 +54,24 @@ class TestVerifyTool:
         reference = hf_logits(load_hf_reference_model(tiny_fp8_checkpoint), tokens)
         assert (logits - reference).abs().max() <= LOGITS_ATOL
 
+    @pytest.mark.parametrize(
+        "nproc, layout_args, label",
+        [(4, ["--tp", "2", "--ep", "2", "--etp", "1"], "TP2xEP2xETP1xSP"), (2, ["--pp", "2"], "TP1xPP2")],
+    )
+    def test_converted_checkpoint_matches_hf(
+        self, tiny_fp8_checkpoint, converted_fp8_checkpoint, nproc, layout_args, label
+    ):
+        # FP8 release -> torch_dist (bf16) -> loaded and resharded at this layout; the reference
+        # is HF on the same bf16-rounded weights.
+        proc = _run(
+            ["--hf-dir", str(tiny_fp8_checkpoint), "--load-dir", str(converted_fp8_checkpoint),
+             *layout_args],
+            nproc=nproc,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert f"layout {label}" in proc.stdout and "PASS" in proc.stdout
+        assert f"weights from {converted_fp8_checkpoint}" in proc.stdout
+
     def test_exit_status_1_above_tolerance(self, tiny_bf16_checkpoint):
         proc = _run(["--hf-dir", str(tiny_bf16_checkpoint), "--logits-atol", "1e-12"])
         assert proc.returncode == 1, proc.stdout + proc.stderr
