@@ -142,7 +142,10 @@ def apply_cpu_shims() -> None:
     def cuda_type_name(self, *args, **kwargs):
         if args or kwargs:
             return upstream_type(self, *args, **kwargs)
-        return upstream_type(self).replace("torch.", "torch.cuda.", 1)
+        name = upstream_type(self)
+        # With the torch-function mode below active, upstream_type dispatches back into this
+        # function (torch.Tensor.type is this function then): rename only once.
+        return name if name.startswith("torch.cuda.") else name.replace("torch.", "torch.cuda.", 1)
 
     torch.Tensor.type = cuda_type_name
     _CudaDeviceToCpu().__enter__()

@@ -1,0 +1,253 @@
+# Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
+"""Score given token sequences with a MiniMax-M2 Megatron model: per-token log-probabilities.
+
+The train/inference mismatch check of RL: compute log p(tokens[:, t+1] | tokens[:, :t+1]) with the
+Megatron model at any parallel layout (tensor, pipeline, expert parallel), from vocab-parallel
+logits (the vocabulary is never gathered on one rank, padded rows never enter the softmax), and
+optionally compare with transformers' fp32 model on rank 0.
+
+Weights come from the HF directory (through the MiniMax-M2 weight table) or, with --load-dir, from
+a Megatron torch_dist checkpoint (resharded at load). The Megatron model computes in fp32.
+
+Input: a safetensors file with int64 ``tokens`` [batch, seq] and optionally ``loss_mask`` or
+``response_mask`` [batch, seq] (0/1 or bool): only positions t with mask[:, t+1] set are scored and
+reported. Output (--output, written by rank 0): fp32 ``logprobs`` [batch, seq-1] (0 where not
+scored) and bool ``scored`` [batch, seq-1]; with --compare-hf also fp32 ``hf_logprobs``.
+
+Exit status: 0 on success (and within --tolerance with --compare-hf), 1 above the tolerance, 2 on
+bad input (one line on stderr). Launch it like any Megatron tool (gloo on CPU, nccl on GPU):
+
+    torchrun --nproc-per-node 4 tools/score_logprobs.py --hf-dir /path/to/MiniMax-M2.5 \\
+        --load-dir /path/to/mcore --tp 2 --ep 2 --etp 1 --tokens-file rollout.safetensors \\
+        --output scores.safetensors --compare-hf
+"""
+
+import argparse
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+MASK_KEYS = ("loss_mask", "response_mask")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    group = parser.add_argument_group(title="input")
+    group.add_argument(
+        "--hf-dir",
+        required=True,
+        help="MiniMax-M2-family HF directory (config.json, safetensors; BF16, FP32 or the released "
+        "FP8 format). The model config, the --compare-hf reference, and the Megatron weights "
+        "unless --load-dir is given.",
+    )
+    group.add_argument(
+        "--load-dir",
+        default=None,
+        help="Megatron torch_dist checkpoint (e.g. from convert_minimax_m2.py hf-to-mcore) to load "
+        "into the Megatron model instead of mapping the HF weights.",
+    )
+    group.add_argument(
+        "--tokens-file",
+        required=True,
+        help="safetensors file: int64 'tokens' [batch, seq]; optional 'loss_mask' or "
+        "'response_mask' [batch, seq] selecting the scored tokens.",
+    )
+    group = parser.add_argument_group(title="layout")
+    group.add_argument("--tp", type=int, default=1, help="Tensor-parallel size.")
+    group.add_argument("--pp", type=int, default=1, help="Pipeline-parallel size.")
+    group.add_argument("--ep", type=int, default=1, help="Expert-parallel size.")
+    group.add_argument(
+        "--etp", type=int, default=None, help="Expert tensor-parallel size (default: --tp)."
+    )
+    group.add_argument(
+        "--no-sequence-parallel",
+        action="store_true",
+        help="Turn sequence parallelism off (it is on by default whenever --tp > 1).",
+    )
+    group.add_argument(
+        "--micro-batch-size",
+        type=int,
+        default=None,
+        help="Sequences per forward pass (default: the whole batch); must divide the batch.",
+    )
+    group = parser.add_argument_group(title="output")
+    group.add_argument(
+        "--output", default=None, help="safetensors file for the log-probabilities (rank 0)."
+    )
+    group.add_argument(
+        "--compare-hf",
+        action="store_true",
+        help="Also compute transformers' fp32 log-probabilities on rank 0 (on exactly the weights "
+        "Megatron holds) and report max |diff|, mean |diff| and the k3 KL estimate.",
+    )
+    group.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="--compare-hf: max accepted |log-prob difference| (exit status 1 above it).",
+    )
+    return parser.parse_args(argv)
+
+
+def fail(message: str) -> "NoReturn":  # noqa: F821
+    """Bad input: one line on stderr, exit status 2."""
+    print(f"score_logprobs.py: error: {message}", file=sys.stderr, flush=True)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    sys.exit(2)
+
+
+def load_tokens(path: str, vocab_size: int):
+    """``(tokens [b, s] int64, mask [b, s] or None)`` from the tokens file, validated."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(path)
+    except (OSError, SafetensorError) as e:
+        fail(f"{path}: cannot read tokens ({e})")
+    tokens = tensors.get("tokens")
+    if tokens is None:
+        fail(f"{path}: no tensor named 'tokens' (found {sorted(tensors)})")
+    if tokens.dtype != torch.int64 or tokens.dim() != 2:
+        fail(
+            f"{path}: 'tokens' must be int64 [batch, seq], got {tokens.dtype} {list(tokens.shape)}"
+        )
+    if tokens.shape[0] == 0 or tokens.shape[1] < 2:
+        fail(f"{path}: need at least one sequence of at least 2 tokens, got {list(tokens.shape)}")
+    if tokens.min() < 0 or tokens.max() >= vocab_size:
+        fail(f"{path}: token ids must lie in [0, {vocab_size})")
+    present = [key for key in MASK_KEYS if key in tensors]
+    if len(present) > 1:
+        fail(f"{path}: both {present[0]!r} and {present[1]!r} given; keep one")
+    mask = tensors[present[0]] if present else None
+    if mask is not None:
+        if mask.shape != tokens.shape:
+            fail(
+                f"{path}: {present[0]!r} has shape {list(mask.shape)}, tokens {list(tokens.shape)}"
+            )
+        if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
+            fail(f"{path}: {present[0]!r} values must be 0 or 1")
+        if not mask[:, 1:].bool().any():
+            fail(f"{path}: {present[0]!r} selects no token after the first; nothing to score")
+    return tokens, mask
+
+
+def init_distributed() -> None:
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29518")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl")
+    else:
+        from megatron.minimax.testing.cpu_shims import apply_cpu_shims
+
+        apply_cpu_shims()
+        dist.init_process_group("gloo")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError, HFCheckpoint
+    from megatron.minimax.models.minimax_m2 import logprobs, parity
+
+    try:
+        checkpoint = HFCheckpoint(args.hf_dir)
+        checkpoint.validate()
+    except CheckpointError as e:
+        fail(str(e))
+    hf_config = checkpoint.config
+    tokens, mask = load_tokens(args.tokens_file, hf_config["vocab_size"])
+    scored = logprobs.scored_positions(mask, tokens)
+    if args.micro_batch_size is not None and (
+        args.micro_batch_size < 1 or tokens.shape[0] % args.micro_batch_size
+    ):
+        fail(
+            f"--micro-batch-size {args.micro_batch_size} does not divide the batch {tokens.shape[0]}"
+        )
+    layout = parity.ParallelLayout(
+        tp=args.tp,
+        pp=args.pp,
+        ep=args.ep,
+        etp=args.etp,
+        sequence_parallel=False if args.no_sequence_parallel else None,
+    )
+    if layout.sp and tokens.shape[1] % layout.tp:
+        fail(
+            f"sequence parallelism needs the sequence length ({tokens.shape[1]}) divisible by "
+            f"--tp ({layout.tp}); pass --no-sequence-parallel or other tokens"
+        )
+
+    init_distributed()
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    try:
+        layout.validate(world_size, hf_config)
+    except ValueError as e:
+        fail(f"impossible layout {layout} on {world_size} processes: {e}")
+
+    reference_rounding = None
+    if args.load_dir is not None:
+        from megatron.core.dist_checkpointing.core import check_is_distributed_checkpoint
+
+        if not check_is_distributed_checkpoint(parity.resolve_dist_checkpoint_dir(args.load_dir)):
+            fail(f"{args.load_dir}: not a Megatron torch_dist checkpoint")
+        stored = parity.dist_checkpoint_dtype(args.load_dir)
+        # The reference must hold the weights Megatron holds: rounded to the stored dtype.
+        reference_rounding = None if stored == torch.float32 else stored
+
+    parity.initialize_layout(layout)
+    try:
+        if args.load_dir is None:
+            loaded = parity.build_from_hf(
+                hf_config, lambda name: checkpoint.get(name, torch.float32), layout
+            )
+        else:
+            loaded = parity.build_from_dist_checkpoint(hf_config, args.load_dir, layout)
+    except (CheckpointError, ValueError) as e:
+        fail(str(e))
+    scores = logprobs.megatron_log_probs(loaded, tokens, args.micro_batch_size)
+    scores = scores.masked_fill(~scored, 0.0)
+
+    status = 0
+    if rank == 0:
+        source = args.load_dir if args.load_dir else args.hf_dir
+        lines = [
+            f"layout {layout} ({world_size} processes), tokens {list(tokens.shape)}, "
+            f"{int(scored.sum())} scored positions, weights from {source}"
+        ]
+        outputs = {"logprobs": scores.contiguous(), "scored": scored.contiguous()}
+        if args.compare_hf:
+            from megatron.minimax.models.minimax_m2.hf_reference import load_hf_reference_model
+
+            reference_model = load_hf_reference_model(args.hf_dir, round_to=reference_rounding)
+            reference = logprobs.hf_log_probs(reference_model, tokens).masked_fill(~scored, 0.0)
+            result = logprobs.compare_log_probs(scores, reference, scored)
+            ok = result.ok(args.tolerance)
+            lines += [
+                f"  max |logprob diff|   {result.max_abs_diff:.3e}  (tolerance {args.tolerance:g})",
+                f"  mean |logprob diff|  {result.mean_abs_diff:.3e}",
+                f"  KL k3 (HF || Megatron) {result.kl_k3:.3e}",
+                f"  {'PASS' if ok else 'FAIL'}",
+            ]
+            outputs["hf_logprobs"] = reference.contiguous()
+            status = 0 if ok else 1
+        print("\n".join(lines), flush=True)
+        if args.output:
+            from safetensors.torch import save_file
+
+            save_file(outputs, args.output)
+    verdict = torch.tensor([status])
+    dist.broadcast(verdict, src=0)
+    dist.destroy_process_group()
+    return int(verdict.item())
+
+
+if __name__ == "__main__":
+    sys.exit(main())
