@@ -1,0 +1,107 @@
+# Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
+"""Print the pretrain_gpt.py flags that build the model a MiniMax-M2-family config.json describes.
+
+The flags are generated from megatron.minimax's HF-config translation (never hand-copied) and
+checked before printing: parsed back with the training parser, they must reproduce the
+TransformerConfig that the translation builds. They cover the architecture (including
+--qk-layernorm-scope layer and --moe-router-dtype fp32), the GPT model arguments (RoPE, untied
+embeddings, vocabulary) and the parallel layout given here, which also decides
+--make-vocab-size-divisible-by: the released 200,064-token vocabulary stays unpadded (padded rows
+would be extra zero logits in the training softmax).
+
+Output: one flag with its values per line, no backslashes; every token is free of spaces and
+shell metacharacters, so a shell script reads them as an array with word splitting:
+
+    MODEL_ARGS=($(python tools/minimax_m2_args.py --hf-config config.json --tp 2 --ep 8))
+    torchrun ... pretrain_gpt.py "${MODEL_ARGS[@]}" ...
+
+Exit status: 0 on success, 2 on a bad path, an unsupported config or an impossible layout (one
+line on stderr naming the problem).
+"""
+
+import argparse
+import contextlib
+import logging
+import sys
+import warnings
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+    )
+    group = parser.add_argument_group(title="input")
+    group.add_argument(
+        "--hf-config",
+        required=True,
+        help="MiniMax-M2-family config.json, or the HF directory that contains it.",
+    )
+    group.add_argument(
+        "--mtp-num-layers",
+        type=int,
+        default=None,
+        help="Build this many MTP layers (default: none; the releases ship no MTP weights).",
+    )
+    group = parser.add_argument_group(title="layout")
+    group.add_argument("--tp", type=int, default=1, help="Tensor-parallel size.")
+    group.add_argument("--pp", type=int, default=1, help="Pipeline-parallel size.")
+    group.add_argument("--ep", type=int, default=1, help="Expert-parallel size.")
+    group.add_argument(
+        "--etp", type=int, default=None, help="Expert tensor-parallel size (default: --tp)."
+    )
+    return parser.parse_args(argv)
+
+
+def fail(message: str) -> "NoReturn":  # noqa: F821
+    """Bad input: one line on stderr, exit status 2."""
+    print(f"minimax_m2_args.py: error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _quiet_optional_dependency_notices() -> None:
+    """megatron-core warns on import about every optional package it lacks (TE, Apex, ...), and
+    torch about a missing CUDA runtime; none of that concerns this tool's output."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
+def _send_library_logging_to_stderr() -> None:
+    """megatron.training installs a root log handler on stdout when imported."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream in (
+            sys.stdout,
+            sys.__stdout__,
+        ):
+            handler.setStream(sys.__stderr__)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    _quiet_optional_dependency_notices()
+    if args.mtp_num_layers is not None and args.mtp_num_layers < 1:
+        fail(f"--mtp-num-layers must be >= 1, got {args.mtp_num_layers}")
+
+    from megatron.minimax.models.minimax_m2.hf_config import load_hf_config
+    from megatron.minimax.training.minimax_m2_flags import Layout, minimax_m2_training_flags
+
+    # stdout is the result: megatron's progress prints and log records go to stderr.
+    _send_library_logging_to_stderr()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            hf_config = load_hf_config(args.hf_config)
+            if not isinstance(hf_config, dict):
+                raise ValueError(f"{args.hf_config}: not a JSON object")
+            flags, _, _ = minimax_m2_training_flags(
+                hf_config,
+                Layout(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp),
+                mtp_num_layers=args.mtp_num_layers,
+            )
+    except (ValueError, OSError) as e:
+        fail(str(e).splitlines()[0])
+    print("\n".join(flags))
+
+
+if __name__ == "__main__":
+    main()
