@@ -47,6 +47,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--etp", type=int, default=None, help="Expert tensor-parallel size (default: --tp)."
     )
     group.add_argument(
+        "--first-stage-layers",
+        type=int,
+        default=None,
+        help="Decoder layers on the first pipeline stage, for uneven pipelines (62 layers over "
+        "PP4: 15, with --last-stage-layers 15, gives 15/16/16/15).",
+    )
+    group.add_argument(
+        "--last-stage-layers",
+        type=int,
+        default=None,
+        help="Decoder layers on the last pipeline stage, for uneven pipelines.",
+    )
+    group.add_argument(
         "--num-gpus",
         type=int,
         default=None,
@@ -99,7 +112,14 @@ def main(argv=None) -> None:
                 raise ValueError(f"{args.hf_config}: not a JSON object")
             report = minimax_m2_model_report(
                 hf_config,
-                Layout(tp=args.tp, pp=args.pp, ep=args.ep, etp=args.etp),
+                Layout(
+                    tp=args.tp,
+                    pp=args.pp,
+                    ep=args.ep,
+                    etp=args.etp,
+                    first_stage_layers=args.first_stage_layers,
+                    last_stage_layers=args.last_stage_layers,
+                ),
                 num_gpus=args.num_gpus,
                 seq_length=args.seq_length,
                 micro_batch_size=args.micro_batch_size,

@@ -147,9 +147,10 @@ def _as_in_a_training_launch():
     """Validate as ``torchrun pretrain_gpt.py`` on H100s would, wherever this runs.
 
     With TP or CP > 1, ``validate_args`` reads the GPU architecture (which raises without a GPU)
-    and, before Blackwell, requires the launch environment ``CUDA_DEVICE_MAX_CONNECTIONS=1``.
-    Both concern the launch, not the configuration: here the variable is set for the duration
-    of the validation and, without a GPU, the architecture reads as Hopper's.
+    and, before Blackwell, requires the launch environment ``CUDA_DEVICE_MAX_CONNECTIONS=1``;
+    with ``--moe-grouped-gemm`` it reads the compute capability. These concern the launch, not
+    the configuration: here the variable is set for the duration of the validation and, without a
+    GPU, the architecture reads as Hopper's (9.0).
     """
     saved = os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS")
     os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] = "1"
@@ -157,7 +158,9 @@ def _as_in_a_training_launch():
         if torch.cuda.is_available():
             yield
         else:
-            with mock.patch.object(megatron_arguments, "get_device_arch_version", lambda: 9):
+            with mock.patch.object(
+                megatron_arguments, "get_device_arch_version", lambda: 9
+            ), mock.patch.object(torch.cuda, "get_device_capability", lambda *a, **k: (9, 0)):
                 yield
     finally:
         if saved is None:

@@ -43,6 +43,9 @@ from megatron.training.utils import (
     print_rank_0,
 )
 
+from megatron.minimax.data.sft_dataset import TOKENS_SUFFIX as CHAT_DOCUMENT_SUFFIX
+from megatron.minimax.data.sft_dataset import SFTDataset
+
 stimer = StragglerDetector()
 
 SPIKY_LOSS_FACTOR = 10
@@ -232,10 +235,28 @@ def core_gpt_dataset_config_from_args(args) -> GPTDatasetConfig:
     )
 
 
+def _is_chat_data(config) -> bool:
+    """Every prefix is SFT chat data (``tools/preprocess_data.py --mode chat`` output), which
+    trains only on assistant tokens; mixing chat and plain prefixes is refused."""
+    prefixes = []
+    for blend in [config.blend] + list(config.blend_per_split or []):
+        if blend is not None:
+            prefixes += list(blend[0])
+    chat = [p.endswith(CHAT_DOCUMENT_SUFFIX) for p in prefixes]
+    if any(chat) and not all(chat):
+        raise ValueError(
+            f"--data-path mixes chat prefixes (*{CHAT_DOCUMENT_SUFFIX}, trained on assistant "
+            "tokens only) with plain ones; train them in separate runs or convert both the same way"
+        )
+    return bool(chat) and all(chat)
+
+
 def train_valid_test_datasets_provider(
     train_val_test_num_samples: List[int], vp_stage: Optional[int] = None
 ):
-    """Build the train, validation and test datasets (``MockGPTDataset`` with ``--mock-data``).
+    """Build the train, validation and test datasets: ``MockGPTDataset`` with ``--mock-data``,
+    ``SFTDataset`` (loss on assistant tokens only) when every prefix is chat data
+    (``*_chat_document``), ``GPTDataset`` otherwise.
 
     Raises:
         ValueError: for the packed-sequence data modes, which :func:`get_batch` does not handle.
@@ -248,7 +269,12 @@ def train_valid_test_datasets_provider(
             "not supported by this entry point"
         )
     config = core_gpt_dataset_config_from_args(args)
-    dataset_type = MockGPTDataset if args.mock_data else GPTDataset
+    if args.mock_data:
+        dataset_type = MockGPTDataset
+    elif _is_chat_data(config):
+        dataset_type = SFTDataset
+    else:
+        dataset_type = GPTDataset
 
     print_rank_0("> building train, validation, and test datasets for GPT ...")
     train_ds, valid_ds, test_ds = BlendedMegatronDatasetBuilder(

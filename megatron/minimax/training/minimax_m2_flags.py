@@ -62,6 +62,8 @@ LAYOUT_FIELDS = (
     "expert_model_parallel_size",
     "expert_tensor_parallel_size",
     "sequence_parallel",
+    "num_layers_in_first_pipeline_stage",
+    "num_layers_in_last_pipeline_stage",
 )
 """``TransformerConfig`` fields of the parallel layout, emitted as layout flags."""
 
@@ -107,6 +109,10 @@ class Layout:
     ep: int = 1
     etp: Optional[int] = None
     """Expert tensor parallel size; None means Megatron's default, equal to ``tp``."""
+    first_stage_layers: Optional[int] = None
+    """Decoder layers on the first pipeline stage (uneven PP), else an even split."""
+    last_stage_layers: Optional[int] = None
+    """Decoder layers on the last pipeline stage (uneven PP), else an even split."""
 
     @property
     def expert_tp(self) -> int:
@@ -130,6 +136,10 @@ class Layout:
         if self.pp > 1:
             # Required with PP; the training command sets it from the parameter dtype.
             overrides["pipeline_dtype"] = torch.float32
+        if self.first_stage_layers is not None:
+            overrides["num_layers_in_first_pipeline_stage"] = self.first_stage_layers
+        if self.last_stage_layers is not None:
+            overrides["num_layers_in_last_pipeline_stage"] = self.last_stage_layers
         return overrides
 
 
@@ -155,7 +165,6 @@ def check_layout(
     checks = [
         ("num_attention_heads", config.num_attention_heads, "--tp", layout.tp),
         ("num_query_groups (KV heads)", config.num_query_groups, "--tp", layout.tp),
-        ("num_layers", config.num_layers, "--pp", layout.pp),
     ]
     if config.num_moe_experts:
         checks += [
@@ -166,12 +175,36 @@ def check_layout(
         if value % size:
             raise ValueError(f"{flag} {size} does not divide {what} {value}")
     make_vocab_size_divisible_by(layout.tp)  # TP must divide the padding multiple
+    _check_pipeline_stages(config.num_layers, layout)
     if num_gpus is not None:
         dense, expert = layout.tp * layout.pp, layout.expert_tp * layout.ep * layout.pp
         if num_gpus < 1 or num_gpus % dense:
             raise ValueError(f"--num-gpus {num_gpus} is not a multiple of TP x PP = {dense}")
         if num_gpus % expert:
             raise ValueError(f"--num-gpus {num_gpus} is not a multiple of ETP x EP x PP = {expert}")
+
+
+def _check_pipeline_stages(num_layers: int, layout: Layout) -> None:
+    uneven = (layout.first_stage_layers, layout.last_stage_layers)
+    if uneven == (None, None):
+        if num_layers % layout.pp:
+            raise ValueError(
+                f"--pp {layout.pp} does not divide num_layers {num_layers} (give "
+                "--first-stage-layers/--last-stage-layers for uneven stages)"
+            )
+        return
+    if layout.pp < 2:
+        raise ValueError("--first-stage-layers/--last-stage-layers need --pp >= 2")
+    fixed = [n for n in uneven if n is not None]
+    if any(n < 1 for n in fixed):
+        raise ValueError(f"pipeline stages need at least one layer, got {uneven}")
+    middle_stages = layout.pp - len(fixed)
+    rest = num_layers - sum(fixed)
+    if rest < 0 or (middle_stages == 0 and rest) or (middle_stages and rest % middle_stages):
+        raise ValueError(
+            f"num_layers {num_layers} minus first/last stage layers {uneven} does not split "
+            f"evenly over the other {middle_stages} pipeline stages"
+        )
 
 
 def vocab_size_divisor(vocab_size: int, tp: int) -> int:
@@ -336,6 +369,14 @@ def minimax_m2_training_flags(
         ["--pipeline-model-parallel-size", str(layout.pp)],
         ["--expert-model-parallel-size", str(layout.ep)],
         ["--expert-tensor-parallel-size", str(layout.expert_tp)],
+        *(
+            [flag, str(n)]
+            for flag, n in (
+                ("--decoder-first-pipeline-num-layers", layout.first_stage_layers),
+                ("--decoder-last-pipeline-num-layers", layout.last_stage_layers),
+            )
+            if n is not None
+        ),
     ]
     if layout.tp > 1:
         flags.append(["--sequence-parallel"])

@@ -9,6 +9,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -217,3 +218,32 @@ class TestErrors:
         code, out, _ = _run_tool_in_process(capsys, "--help")
         assert code == 0
         assert "--hf-config" in out and "MODEL_ARGS=($(python tools/minimax_m2_args.py" in out
+
+
+class TestUnevenPipeline:
+    @pytest.fixture(scope="class")
+    def released_config(self):
+        from megatron.minimax.models.minimax_m2.hf_config import minimax_m2_config_from_hf
+
+        return minimax_m2_config_from_hf(
+            str(Path(__file__).resolve().parents[3] / "examples/minimax_m2/configs/minimax_m2.5_config.json")
+        )[0]
+
+    def test_62_layers_split_15_16_16_15(self, released_config):
+        from megatron.minimax.training.minimax_m2_flags import check_layout
+
+        check_layout(released_config, 200064, Layout(pp=4, first_stage_layers=15, last_stage_layers=15))
+
+    @pytest.mark.parametrize(
+        "layout, message",
+        [
+            (Layout(pp=4), "--pp 4 does not divide num_layers 62"),
+            (Layout(pp=4, first_stage_layers=15, last_stage_layers=16), "does not split evenly"),
+            (Layout(pp=1, first_stage_layers=15), "need --pp >= 2"),
+        ],
+    )
+    def test_impossible_stage_splits_are_refused(self, released_config, layout, message):
+        from megatron.minimax.training.minimax_m2_flags import check_layout
+
+        with pytest.raises(ValueError, match=re.escape(message)):
+            check_layout(released_config, 200064, layout)

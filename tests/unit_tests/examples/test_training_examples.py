@@ -1,0 +1,103 @@
+# Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
+"""examples/minimax_m2/*.sh: each script's pretrain_gpt.py command parses and validates with the
+training parser at its own world size, and builds the released architecture."""
+
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from megatron.training.vocab_utils import calculate_padded_vocab_size
+
+from megatron.minimax.training.arguments import parse_training_args
+
+REPO = Path(__file__).resolve().parents[3]
+EXAMPLES = REPO / "examples" / "minimax_m2"
+RELEASED_CONFIG = EXAMPLES / "configs" / "minimax_m2.5_config.json"
+
+
+def _dry_run(script: str, env: dict) -> list:
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+        "DRY_RUN": "1",
+        **env,
+    }
+    proc = subprocess.run(
+        ["bash", str(EXAMPLES / script)], capture_output=True, text=True, timeout=180, env=env
+    )
+    assert proc.returncode == 0, proc.stderr
+    command = shlex.split(proc.stdout.strip().splitlines()[-1])
+    entry = next(i for i, token in enumerate(command) if token.endswith("pretrain_gpt.py"))
+    return command[entry + 1 :]
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("hf")
+    (path / "config.json").write_text(RELEASED_CONFIG.read_text())
+    return path
+
+
+def _cluster_env(hf_dir, **extra):
+    return {
+        "HF_DIR": str(hf_dir),
+        "LOAD_DIR": "/ckpt/minimax-m2.5-mcore",
+        "SAVE_DIR": "/ckpt/run",
+        "DATA_PATH": "1.0 /data/corpus_text_document",
+        **extra,
+    }
+
+
+class TestFullModelScripts:
+    @pytest.mark.parametrize(
+        "gpu_type, world_size, ep", [("h100", 128, 32), ("h200", 64, 16)]
+    )
+    def test_pretrain_layout_parses_and_splits_62_layers_unevenly(
+        self, hf_dir, gpu_type, world_size, ep
+    ):
+        argv = _dry_run("pretrain_minimax_m2.sh", _cluster_env(hf_dir, GPU_TYPE=gpu_type))
+        args = parse_training_args(argv, world_size=world_size)
+        assert (args.num_layers, args.hidden_size, args.num_experts) == (62, 3072, 256)
+        assert args.qk_layernorm_scope == "layer" and args.moe_router_dtype == "fp32"
+        assert args.pipeline_model_parallel_size == 4 and args.expert_model_parallel_size == ep
+        assert (args.decoder_first_pipeline_num_layers, args.decoder_last_pipeline_num_layers) == (
+            15,
+            15,
+        )
+        assert args.load == "/ckpt/minimax-m2.5-mcore" and args.ckpt_format == "torch_dist"
+        # The released tokenizer (200,054 tokens) pads to exactly the checkpoint's 200,064 rows.
+        assert calculate_padded_vocab_size(
+            200054, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size, False
+        ) == 200064
+
+    def test_sft_uses_chat_data_and_freezes_the_expert_bias(self, hf_dir):
+        env = _cluster_env(hf_dir, DATA_PATH="/data/sft_chat_document")
+        args = parse_training_args(_dry_run("sft_minimax_m2.sh", env), world_size=128)
+        assert args.data_path == ["/data/sft_chat_document"]
+        assert args.moe_router_bias_update_rate == 0
+        assert args.calculate_per_token_loss
+
+    def test_sft_refuses_plain_text_data(self, hf_dir):
+        env = {
+            **os.environ,
+            **_cluster_env(hf_dir, DATA_PATH="/data/corpus_text_document"),
+            "DRY_RUN": "1",
+        }
+        proc = subprocess.run(
+            ["bash", str(EXAMPLES / "sft_minimax_m2.sh")], capture_output=True, text=True, env=env
+        )
+        assert proc.returncode == 2 and "not a *_chat_document prefix" in proc.stderr
+
+
+class TestProxyScript:
+    def test_one_gpu_proxy_has_the_released_layer_width(self):
+        args = parse_training_args(_dry_run("train_minimax_m2_proxy.sh", {}), world_size=1)
+        assert (args.num_layers, args.num_experts, args.moe_router_topk) == (4, 16, 8)
+        assert (args.hidden_size, args.num_attention_heads, args.kv_channels) == (3072, 48, 128)
+        assert args.num_query_groups == 8 and args.moe_ffn_hidden_size == 1536
+        assert args.qk_layernorm_scope == "layer" and args.mock_data
