@@ -194,7 +194,11 @@ class TestErrors:
             (["--ep", "3"], "--ep 3 does not divide num_moe_experts 256"),
             (["--tp", "16"], "--tp 16 does not divide num_query_groups (KV heads) 8"),
             (["--tp", "3"], "--tp 3 does not divide num_query_groups (KV heads) 8"),
-            (["--pp", "4"], "--pp 4 does not divide num_layers 62"),
+            (
+                ["--pp", "4"],
+                "--pp 4 does not divide num_layers 62 (give --first-stage-layers/"
+                "--last-stage-layers for uneven stages)",
+            ),
             (["--etp", "5"], "--etp 5 does not divide moe_ffn_hidden_size 1536"),
             (["--tp", "0"], "--tp must be >= 1, got 0"),
         ],
