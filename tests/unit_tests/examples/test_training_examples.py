@@ -19,7 +19,7 @@ EXAMPLES = REPO / "examples" / "minimax_m2"
 RELEASED_CONFIG = EXAMPLES / "configs" / "minimax_m2.5_config.json"
 
 
-def _dry_run(script: str, env: dict) -> list:
+def _dry_run(script: str, env: dict, *extra_args: str) -> list:
     env = {
         **os.environ,
         "PYTHON": sys.executable,
@@ -28,7 +28,11 @@ def _dry_run(script: str, env: dict) -> list:
         **env,
     }
     proc = subprocess.run(
-        ["bash", str(EXAMPLES / script)], capture_output=True, text=True, timeout=180, env=env
+        ["bash", str(EXAMPLES / script), *extra_args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env=env,
     )
     assert proc.returncode == 0, proc.stderr
     command = shlex.split(proc.stdout.strip().splitlines()[-1])
@@ -101,3 +105,56 @@ class TestProxyScript:
         assert (args.hidden_size, args.num_attention_heads, args.kv_channels) == (3072, 48, 128)
         assert args.num_query_groups == 8 and args.moe_ffn_hidden_size == 1536
         assert args.qk_layernorm_scope == "layer" and args.mock_data
+
+    def test_gpu_check_invocation_parses(self, tmp_path):
+        # tests/gpu/run_gpu_checks.sh runs the proxy with these flags, saving and then loading.
+        flags = ("--deterministic-mode", "--transformer-impl", "local")
+        env = {"SAVE_DIR": str(tmp_path), "SAVE_INTERVAL": "25", "LOAD_DIR": str(tmp_path)}
+        args = parse_training_args(_dry_run("train_minimax_m2_proxy.sh", env, *flags), world_size=1)
+        assert args.deterministic_mode and args.transformer_impl == "local"
+        assert (args.save, args.load, args.save_interval, args.train_iters) == (
+            str(tmp_path),
+            str(tmp_path),
+            25,
+            50,
+        )
+
+
+class TestGpuLogCheck:
+    LINE = (
+        " [2026-11-26 10:00:00] iteration {i:8d}/      50 | consumed samples: {s} | elapsed time "
+        "per iteration (ms): {ms:.1f} | throughput per GPU (TFLOP/s/GPU): 150.0 | learning rate: "
+        "1.0E-04 | global batch size:     8 | lm loss: {loss:.6E} | loss scale: 1.0 |"
+    )
+
+    def _write(self, path, losses, start=1):
+        path.write_text(
+            "\n".join(
+                self.LINE.format(i=i, s=8 * i, ms=400.0, loss=loss)
+                for i, loss in enumerate(losses, start=start)
+            )
+        )
+
+    def _main(self, *argv):
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(
+            "check_training_logs", REPO / "tests" / "gpu" / "check_training_logs.py"
+        )
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.main(list(argv))
+
+    @pytest.mark.parametrize("resume_shift, expected", [(0.0, 0), (1e-3, 1)])
+    def test_log_check(self, tmp_path, capsys, resume_shift, expected):
+        losses = [10.0 - 0.1 * i for i in range(50)]
+        self._write(tmp_path / "train.log", losses)
+        self._write(tmp_path / "resume.log", [x + resume_shift for x in losses[25:]], start=26)
+        code = self._main(
+            "--train-log", str(tmp_path / "train.log"), "--resume-log", str(tmp_path / "resume.log"),
+            "--resume-from", "25", "--seq-length", "2048", "--global-batch-size", "8", "--gpu", "H100",
+        )  # fmt: skip
+        out = capsys.readouterr().out
+        assert code == expected
+        assert "resume from 25: 25 iterations compared" in out
+        assert "40,960 tokens/s" in out and "MFU 15.2% of H100" in out
