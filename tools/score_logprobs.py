@@ -23,13 +23,11 @@ bad input (one line on stderr). Launch it like any Megatron tool (gloo on CPU, n
 """
 
 import argparse
-import os
 import sys
 
 import torch
 import torch.distributed as dist
 
-MASK_KEYS = ("loss_mask", "response_mask")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -103,56 +101,6 @@ def fail(message: str) -> "NoReturn":  # noqa: F821
     sys.exit(2)
 
 
-def load_tokens(path: str, vocab_size: int):
-    """``(tokens [b, s] int64, mask [b, s] or None)`` from the tokens file, validated."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        tensors = load_file(path)
-    except (OSError, SafetensorError) as e:
-        fail(f"{path}: cannot read tokens ({e})")
-    tokens = tensors.get("tokens")
-    if tokens is None:
-        fail(f"{path}: no tensor named 'tokens' (found {sorted(tensors)})")
-    if tokens.dtype != torch.int64 or tokens.dim() != 2:
-        fail(
-            f"{path}: 'tokens' must be int64 [batch, seq], got {tokens.dtype} {list(tokens.shape)}"
-        )
-    if tokens.shape[0] == 0 or tokens.shape[1] < 2:
-        fail(f"{path}: need at least one sequence of at least 2 tokens, got {list(tokens.shape)}")
-    if tokens.min() < 0 or tokens.max() >= vocab_size:
-        fail(f"{path}: token ids must lie in [0, {vocab_size})")
-    present = [key for key in MASK_KEYS if key in tensors]
-    if len(present) > 1:
-        fail(f"{path}: both {present[0]!r} and {present[1]!r} given; keep one")
-    mask = tensors[present[0]] if present else None
-    if mask is not None:
-        if mask.shape != tokens.shape:
-            fail(
-                f"{path}: {present[0]!r} has shape {list(mask.shape)}, tokens {list(tokens.shape)}"
-            )
-        if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
-            fail(f"{path}: {present[0]!r} values must be 0 or 1")
-        if not mask[:, 1:].bool().any():
-            fail(f"{path}: {present[0]!r} selects no token after the first; nothing to score")
-    return tokens, mask
-
-
-def init_distributed() -> None:
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29518")
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl")
-    else:
-        from megatron.minimax.testing.cpu_shims import apply_cpu_shims
-
-        apply_cpu_shims()
-        dist.init_process_group("gloo")
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError, HFCheckpoint
@@ -164,7 +112,12 @@ def main(argv=None) -> int:
     except CheckpointError as e:
         fail(str(e))
     hf_config = checkpoint.config
-    tokens, mask = load_tokens(args.tokens_file, hf_config["vocab_size"])
+    from megatron.minimax.launch import TOKEN_MASK_KEYS, read_tokens_file
+
+    try:
+        tokens, mask = read_tokens_file(args.tokens_file, hf_config["vocab_size"], TOKEN_MASK_KEYS)
+    except ValueError as e:
+        fail(str(e))
     scored = logprobs.scored_positions(mask, tokens)
     if args.micro_batch_size is not None and (
         args.micro_batch_size < 1 or tokens.shape[0] % args.micro_batch_size
@@ -184,6 +137,8 @@ def main(argv=None) -> int:
             f"sequence parallelism needs the sequence length ({tokens.shape[1]}) divisible by "
             f"--tp ({layout.tp}); pass --no-sequence-parallel or other tokens"
         )
+
+    from megatron.minimax.launch import init_distributed
 
     init_distributed()
     rank, world_size = dist.get_rank(), dist.get_world_size()

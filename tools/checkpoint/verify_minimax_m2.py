@@ -15,7 +15,6 @@ Launch it like any Megatron tool (gloo on CPU, nccl on GPU):
 """
 
 import argparse
-import os
 import sys
 
 import torch
@@ -89,36 +88,12 @@ def load_tokens(args, vocab_size: int) -> torch.Tensor:
     if args.tokens_file is None:
         generator = torch.Generator().manual_seed(args.seed)
         return torch.randint(0, vocab_size, (args.batch_size, args.seq_length), generator=generator)
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from megatron.minimax.launch import read_tokens_file
 
     try:
-        tensors = load_file(args.tokens_file)
-    except (OSError, SafetensorError) as e:
-        fail(f"{args.tokens_file}: cannot read tokens ({e})")
-    tokens = tensors.get("tokens")
-    if tokens is None:
-        fail(f"{args.tokens_file}: no tensor named 'tokens' (found {sorted(tensors)})")
-    if tokens.dtype != torch.int64 or tokens.dim() != 2:
-        fail(f"{args.tokens_file}: 'tokens' must be int64 [batch, seq], got {tokens.dtype} "
-             f"{list(tokens.shape)}")
-    if tokens.numel() == 0 or tokens.min() < 0 or tokens.max() >= vocab_size:
-        fail(f"{args.tokens_file}: token ids must lie in [0, {vocab_size})")
-    return tokens
-
-
-def init_distributed() -> None:
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29517")
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl")
-    else:
-        from megatron.minimax.testing.cpu_shims import apply_cpu_shims
-
-        apply_cpu_shims()
-        dist.init_process_group("gloo")
+        return read_tokens_file(args.tokens_file, vocab_size)[0]
+    except ValueError as e:
+        fail(str(e))
 
 
 def main(argv=None) -> int:
@@ -139,6 +114,8 @@ def main(argv=None) -> int:
         etp=args.etp,
         sequence_parallel=False if args.no_sequence_parallel else None,
     )
+    from megatron.minimax.launch import init_distributed
+
     init_distributed()
     rank, world_size = dist.get_rank(), dist.get_world_size()
     try:

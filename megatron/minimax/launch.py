@@ -1,0 +1,82 @@
+# Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
+"""What the torchrun-launched tools share: process-group setup and the tokens-file format."""
+
+import os
+from typing import Optional, Sequence, Tuple
+
+import torch
+import torch.distributed as dist
+
+TOKEN_MASK_KEYS = ("loss_mask", "response_mask")
+"""Optional [batch, seq] 0/1 masks a tokens file may carry (at most one)."""
+
+
+def init_distributed() -> None:
+    """Join the torchrun process group (or a one-process group when run without torchrun):
+    nccl on GPU; gloo on CPU, with megatron-core's CPU shims applied."""
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        if "MASTER_PORT" not in os.environ:
+            import socket
+
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl")
+    else:
+        from megatron.minimax.testing.cpu_shims import apply_cpu_shims
+
+        apply_cpu_shims()
+        dist.init_process_group("gloo")
+
+
+def read_tokens_file(
+    path: str, vocab_size: int, mask_keys: Sequence[str] = ()
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Read a tokens file: safetensors with int64 ``tokens`` [batch, seq], and optionally one of
+    ``mask_keys`` of the same shape with 0/1 values.
+
+    Returns:
+        ``(tokens, mask or None)``.
+
+    Raises:
+        ValueError: one line naming the file and what is wrong.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(path)
+    except (OSError, SafetensorError) as e:
+        raise ValueError(f"{path}: cannot read tokens ({e})") from None
+    tokens = tensors.get("tokens")
+    if tokens is None:
+        raise ValueError(f"{path}: no tensor named 'tokens' (found {sorted(tensors)})")
+    if tokens.dtype != torch.int64 or tokens.dim() != 2:
+        raise ValueError(
+            f"{path}: 'tokens' must be int64 [batch, seq], got {tokens.dtype} {list(tokens.shape)}"
+        )
+    if tokens.shape[0] == 0 or tokens.shape[1] < 2:
+        raise ValueError(
+            f"{path}: need at least one sequence of at least 2 tokens, got {list(tokens.shape)}"
+        )
+    if tokens.min() < 0 or tokens.max() >= vocab_size:
+        raise ValueError(f"{path}: token ids must lie in [0, {vocab_size})")
+    present = [key for key in mask_keys if key in tensors]
+    if len(present) > 1:
+        raise ValueError(f"{path}: both {present[0]!r} and {present[1]!r} given; keep one")
+    mask = tensors[present[0]] if present else None
+    if mask is not None:
+        if mask.shape != tokens.shape:
+            raise ValueError(
+                f"{path}: {present[0]!r} has shape {list(mask.shape)}, tokens {list(tokens.shape)}"
+            )
+        if mask.dtype != torch.bool and not ((mask == 0) | (mask == 1)).all():
+            raise ValueError(f"{path}: {present[0]!r} values must be 0 or 1")
+        if not mask[:, 1:].bool().any():
+            raise ValueError(
+                f"{path}: {present[0]!r} selects no token after the first; nothing to score"
+            )
+    return tokens, mask
