@@ -21,9 +21,15 @@ line on stderr naming the problem).
 
 import argparse
 import contextlib
-import logging
 import sys
-import warnings
+
+
+from megatron.minimax.launch import (
+    add_layout_arguments,
+    layout_from_args,
+    quiet_optional_dependency_notices,
+    send_library_logging_to_stderr,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,26 +50,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="Build this many MTP layers (default: none; the releases ship no MTP weights).",
     )
-    group = parser.add_argument_group(title="layout")
-    group.add_argument("--tp", type=int, default=1, help="Tensor-parallel size.")
-    group.add_argument("--pp", type=int, default=1, help="Pipeline-parallel size.")
-    group.add_argument("--ep", type=int, default=1, help="Expert-parallel size.")
-    group.add_argument(
-        "--etp", type=int, default=None, help="Expert tensor-parallel size (default: --tp)."
-    )
-    group.add_argument(
-        "--first-stage-layers",
-        type=int,
-        default=None,
-        help="Decoder layers on the first pipeline stage, for uneven pipelines (62 layers over "
-        "PP4: 15, with --last-stage-layers 15, gives 15/16/16/15).",
-    )
-    group.add_argument(
-        "--last-stage-layers",
-        type=int,
-        default=None,
-        help="Decoder layers on the last pipeline stage, for uneven pipelines.",
-    )
+    add_layout_arguments(parser)
     return parser.parse_args(argv)
 
 
@@ -73,34 +60,17 @@ def fail(message: str) -> "NoReturn":  # noqa: F821
     sys.exit(2)
 
 
-def _quiet_optional_dependency_notices() -> None:
-    """megatron-core warns on import about every optional package it lacks (TE, Apex, ...), and
-    torch about a missing CUDA runtime; none of that concerns this tool's output."""
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-
-
-def _send_library_logging_to_stderr() -> None:
-    """megatron.training installs a root log handler on stdout when imported."""
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and handler.stream in (
-            sys.stdout,
-            sys.__stdout__,
-        ):
-            handler.setStream(sys.__stderr__)
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
-    _quiet_optional_dependency_notices()
+    quiet_optional_dependency_notices()
     if args.mtp_num_layers is not None and args.mtp_num_layers < 1:
         fail(f"--mtp-num-layers must be >= 1, got {args.mtp_num_layers}")
 
     from megatron.minimax.models.minimax_m2.hf_config import load_hf_config
-    from megatron.minimax.training.minimax_m2_flags import Layout, minimax_m2_training_flags
+    from megatron.minimax.training.minimax_m2_flags import minimax_m2_training_flags
 
     # stdout is the result: megatron's progress prints and log records go to stderr.
-    _send_library_logging_to_stderr()
+    send_library_logging_to_stderr()
     try:
         with contextlib.redirect_stdout(sys.stderr):
             hf_config = load_hf_config(args.hf_config)
@@ -108,14 +78,7 @@ def main(argv=None) -> None:
                 raise ValueError(f"{args.hf_config}: not a JSON object")
             flags, _, _ = minimax_m2_training_flags(
                 hf_config,
-                Layout(
-                    tp=args.tp,
-                    pp=args.pp,
-                    ep=args.ep,
-                    etp=args.etp,
-                    first_stage_layers=args.first_stage_layers,
-                    last_stage_layers=args.last_stage_layers,
-                ),
+                layout_from_args(args),
                 mtp_num_layers=args.mtp_num_layers,
             )
     except (ValueError, OSError) as e:

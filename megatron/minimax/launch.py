@@ -1,7 +1,16 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
-"""What the torchrun-launched tools share: process-group setup and the tokens-file format."""
+"""What the command-line tools share: process-group setup, the tokens-file format, layout flags,
+and keeping import-time notices off their output.
 
+Nothing heavy is imported at module level, so tools can answer ``--help`` and reject bad input
+before megatron-core loads.
+"""
+
+import argparse
+import logging
 import os
+import sys
+import warnings
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -80,3 +89,60 @@ def read_tokens_file(
                 f"{path}: {present[0]!r} selects no token after the first; nothing to score"
             )
     return tokens, mask
+
+
+def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``layout`` argument group of the tools that take a parallel layout."""
+    group = parser.add_argument_group(title="layout")
+    group.add_argument("--tp", type=int, default=1, help="Tensor-parallel size.")
+    group.add_argument("--pp", type=int, default=1, help="Pipeline-parallel size.")
+    group.add_argument("--ep", type=int, default=1, help="Expert-parallel size.")
+    group.add_argument(
+        "--etp", type=int, default=None, help="Expert tensor-parallel size (default: --tp)."
+    )
+    group.add_argument(
+        "--first-stage-layers",
+        type=int,
+        default=None,
+        help="Decoder layers on the first pipeline stage, for uneven pipelines (62 layers over "
+        "PP4: 15, with --last-stage-layers 15, gives 15/16/16/15).",
+    )
+    group.add_argument(
+        "--last-stage-layers",
+        type=int,
+        default=None,
+        help="Decoder layers on the last pipeline stage, for uneven pipelines.",
+    )
+
+
+def layout_from_args(args: argparse.Namespace):
+    """The :class:`~megatron.minimax.training.minimax_m2_flags.Layout` of
+    :func:`add_layout_arguments`' flags."""
+    from megatron.minimax.training.minimax_m2_flags import Layout
+
+    return Layout(
+        tp=args.tp,
+        pp=args.pp,
+        ep=args.ep,
+        etp=args.etp,
+        first_stage_layers=args.first_stage_layers,
+        last_stage_layers=args.last_stage_layers,
+    )
+
+
+def quiet_optional_dependency_notices() -> None:
+    """megatron-core warns on import about every optional package it lacks (TE, Apex, ...), and
+    torch about a missing CUDA runtime; none of that concerns a tool's output."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
+def send_library_logging_to_stderr() -> None:
+    """megatron.training installs a root log handler on stdout when imported; a tool whose stdout
+    is its result moves it to stderr."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream in (
+            sys.stdout,
+            sys.__stdout__,
+        ):
+            handler.setStream(sys.__stderr__)
