@@ -1,12 +1,13 @@
 # MiniMax-M2 for Megatron-core.
 #   make demo   build a tiny MiniMax-M2 checkpoint and show Megatron-vs-HF parity
 #   make test   the whole test suite
-# Both create or reuse .venv (Python 3.12) and install the project into it.
+#   make bench-convert   HF -> Megatron converter memory and throughput (docs/benchmarks.md)
+# Each creates or reuses .venv (Python 3.12) and installs the project into it.
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test bench-convert clean
 
 venv:
 	@tools/bootstrap_venv.sh $(VENV)
@@ -16,6 +17,9 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest tests/unit_tests -q
+
+bench-convert: venv
+	$(PY) tools/bench/bench_convert.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

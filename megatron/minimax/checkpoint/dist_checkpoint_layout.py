@@ -91,7 +91,9 @@ class CheckpointUnit:
         """Inverse of :meth:`to_chunks`."""
         if not isinstance(self.sharded, ShardedTensorFactory):
             return pieces[0].reshape(self.shape)
-        built = self.sharded.build()
+        # The factory is stored without data; build its structure from a meta tensor.
+        placeholder = torch.empty(self.shape, dtype=self.dtype, device="meta")
+        built = dataclasses.replace(self.sharded, data=placeholder).build()
         leaves = iter(pieces)
 
         def fill(node):

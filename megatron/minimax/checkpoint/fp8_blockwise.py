@@ -64,20 +64,30 @@ def scale_inv_shape(
 
 
 def dequantize_blockwise(
-    weight_fp8: torch.Tensor, scale_inv: torch.Tensor, block_size: Tuple[int, int] = (128, 128)
+    weight_fp8: torch.Tensor,
+    scale_inv: torch.Tensor,
+    block_size: Tuple[int, int] = (128, 128),
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """Dequantises a block-wise FP8 weight to fp32.
+    """Dequantises a block-wise FP8 weight to fp32 (or to ``dtype``, rounding the fp32 value once).
 
     Every element is the fp32 product ``float(weight_fp8[i, j]) * scale_inv[i // br, j // bc]``,
-    bit for bit what the formula gives (one rounding, no fused or reassociated arithmetic).
+    bit for bit what the formula gives (one rounding, no fused or reassociated arithmetic), then
+    cast to ``dtype``. NaN (an FP8 NaN code, or a NaN scale) gives NaN, its payload unspecified.
+
+    A block has 256 possible FP8 values, so the products are computed once per block into a
+    table (``table[i, j, b] = fp32(value(b) * scale_inv[i, j])``, the same multiplication) and
+    each element is looked up by its byte. That is several times faster than converting every
+    element from FP8 (a scalar path on CPU) and then scaling and casting it.
 
     Args:
         weight_fp8: ``[rows, cols]`` tensor of dtype ``torch.float8_e4m3fn``.
         scale_inv: ``[ceil(rows / br), ceil(cols / bc)]`` floating tensor (fp32 in checkpoints).
         block_size: ``(br, bc)``, the block shape.
+        dtype: result dtype (default fp32: the exact products).
 
     Returns:
-        A new contiguous fp32 tensor of shape ``[rows, cols]`` on ``weight_fp8``'s device.
+        A new contiguous ``dtype`` tensor of shape ``[rows, cols]`` on ``weight_fp8``'s device.
 
     Raises:
         ValueError: if the dtypes, ranks or the scale shape do not match the format.
@@ -103,19 +113,35 @@ def dequantize_blockwise(
         )
 
     br, bc = block_size
-    out = weight_fp8.to(torch.float32)
-    # Expanding the scale along rows only costs rows * cols / bc floats; the column blocks are then
-    # applied through a view, so no full-size scale matrix is ever materialised.
-    row_scales = scale_inv.to(device=out.device, dtype=torch.float32).repeat_interleave(br, dim=0)
-    row_scales = row_scales[:rows]
-    full_cols = (cols // bc) * bc
-    if full_cols:
-        out[:, :full_cols].view(rows, full_cols // bc, bc).mul_(
-            row_scales[:, : full_cols // bc, None]
-        )
-    if full_cols < cols:
-        out[:, full_cols:].mul_(row_scales[:, -1:])
+    n_br, n_bc = expected
+    device = weight_fp8.device
+    values = _fp8_values(device)
+    # table[i, j * 256 + b]: byte b of block (i, j), dequantised and cast.
+    table = (values[None, None, :] * scale_inv.to(device, torch.float32)[:, :, None]).to(dtype)
+    table = table.reshape(n_br, n_bc * 256)
+    # Element (r, c) reads entry (c // bc) * 256 + byte of its block row's table.
+    column_base = torch.arange(cols, device=device, dtype=torch.int32)
+    column_base = column_base.div_(bc, rounding_mode="floor").mul_(256)
+    raw = weight_fp8.view(torch.uint8)
+    out = torch.empty((rows, cols), dtype=dtype, device=device)
+    for i in range(n_br):
+        rows_i = slice(i * br, min((i + 1) * br, rows))
+        index = raw[rows_i].to(torch.int32).add_(column_base)
+        torch.index_select(table[i], 0, index.view(-1), out=out[rows_i].view(-1))
     return out
+
+
+_FP8_VALUES = {}
+
+
+def _fp8_values(device: torch.device) -> torch.Tensor:
+    """The 256 ``float8_e4m3fn`` values (NaN for 0x7f and 0xff) as fp32, indexed by byte."""
+    values = _FP8_VALUES.get(device)
+    if values is None:
+        codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+        values = codes.view(torch.float8_e4m3fn).to(torch.float32).to(device)
+        _FP8_VALUES[device] = values
+    return values
 
 
 def quantize_blockwise(

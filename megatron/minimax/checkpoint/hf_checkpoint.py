@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Dict, List, Optional, Tuple, Union
 
+import numpy
 import torch
 from safetensors import safe_open
 
@@ -78,6 +79,8 @@ class _TensorInfo:
     dtype: str
     shape: Tuple[int, ...]
     nbytes: int
+    offset: int = 0
+    """Absolute file offset of the tensor's first byte."""
 
 
 def find_nonfinite(t: torch.Tensor, chunk_elems: int = 1 << 24) -> int:
@@ -102,7 +105,10 @@ def find_nonfinite(t: torch.Tensor, chunk_elems: int = 1 << 24) -> int:
         chunk = flat[start : start + chunk_elems]
         if widen:
             chunk = chunk.to(torch.float32)
-        count += int((~torch.isfinite(chunk)).sum())
+        # One reduction settles the common case: a finite sum means no NaN/Inf (they propagate
+        # through addition); only a non-finite sum, which overflow can also cause, is counted.
+        if chunk.is_complex() or not torch.isfinite(chunk.sum()):
+            count += int((~torch.isfinite(chunk)).sum())
     return count
 
 
@@ -165,7 +171,7 @@ def _read_safetensors_header(path: Path) -> Dict[str, _TensorInfo]:
                 f"{path}: corrupt header: tensor '{name}' {dtype}{shape} needs {expected} bytes "
                 f"but its data_offsets span {end - begin}"
             )
-        infos[name] = _TensorInfo(dtype, tuple(shape), end - begin)
+        infos[name] = _TensorInfo(dtype, tuple(shape), end - begin, 8 + header_len + begin)
         spans.append((begin, end, name))
 
     spans.sort()
@@ -285,7 +291,7 @@ class HFCheckpoint:
             return tensor
         if scale is not None:
             try:
-                tensor = dequantize_blockwise(tensor, scale, self.block_size)
+                tensor = dequantize_blockwise(tensor, scale, self.block_size, dtype=dtype)
             except ValueError as e:
                 raise CheckpointError(f"{self.file_of(name)}: tensor '{name}': {e}") from e
         return tensor.to(dtype)
@@ -573,9 +579,29 @@ class HFCheckpoint:
         return handle
 
     def _read(self, name: str) -> torch.Tensor:
+        """Reads the tensor's bytes into memory of its own (the shard is opened with
+        ``safe_open`` once, to check it, but not read through its memory map: pages of a map stay
+        in this process's resident set while the map is open, so reading every tensor of a
+        checkpoint through maps grows the RSS with the checkpoint)."""
         file = self._weight_map[name]
-        handle = self._handle(file)
+        self._handle(file)
+        info = self._header(file)[name]
+        dtype = _SAFETENSORS_DTYPES[info.dtype]
+        if info.nbytes == 0:
+            return torch.empty(info.shape, dtype=dtype)
+        buffer = numpy.empty(info.nbytes, dtype=numpy.uint8)  # not zeroed: every byte is read
+        view = memoryview(buffer)
         try:
-            return handle.get_tensor(name)
-        except Exception as e:
+            with open(file, "rb", buffering=0) as f:
+                done = 0
+                while done < info.nbytes:
+                    n = os.preadv(f.fileno(), [view[done:]], info.offset + done)
+                    if n == 0:
+                        raise CheckpointError(
+                            f"{file}: truncated while reading tensor '{name}' ({done} of "
+                            f"{info.nbytes} bytes)"
+                        )
+                    done += n
+        except OSError as e:
             raise CheckpointError(f"{file}: cannot read tensor '{name}': {e}") from e
+        return torch.from_numpy(buffer).view(dtype).reshape(info.shape)

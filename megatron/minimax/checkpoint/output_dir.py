@@ -26,6 +26,8 @@ def check_destination(destination: Path, overwrite: bool) -> None:
     if destination.is_dir() and any(destination.iterdir()) and not overwrite:
         raise CheckpointError(f"{destination}: exists and is not empty (pass --overwrite to replace it)")
     parent = destination.parent
+    if parent.exists() and not parent.is_dir():
+        raise CheckpointError(f"{parent}: output parent is not a directory")
     if not parent.is_dir():
         raise CheckpointError(f"{parent}: output parent directory does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
@@ -47,9 +49,15 @@ def atomic_output_dir(destination: Path, overwrite: bool = False) -> Iterator[Pa
     destination = Path(destination)
     check_destination(destination, overwrite)
     work = _incomplete_path(destination)
-    if work.exists():
-        shutil.rmtree(work)  # left over from an interrupted run
-    work.mkdir()
+    try:
+        if work.exists():
+            shutil.rmtree(work)  # left over from an interrupted run
+        work.mkdir()
+    except OSError as e:
+        # e.g. a read-only or pseudo filesystem that os.access() does not flag (as root).
+        raise CheckpointError(
+            f"{destination.parent}: cannot create the output directory there ({e.strerror})"
+        ) from None
     try:
         yield work
     except BaseException:

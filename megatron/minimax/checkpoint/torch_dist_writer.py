@@ -54,8 +54,16 @@ class TorchDistFile:
                 f"{chunk.key} at {chunk.global_offset}: chunk is {tensor.dtype} "
                 f"{tuple(tensor.shape)}, expected {chunk.dtype} {chunk.chunk_shape}"
             )
-        # A view would serialise its whole storage; store exactly the chunk.
-        tensor = tensor.detach().cpu().contiguous().clone()
+        tensor = tensor.detach().cpu().contiguous()
+        nbytes = tensor.numel() * tensor.element_size()
+        storage = tensor.untyped_storage()
+        if tensor.storage_offset() or storage.nbytes() != nbytes:
+            # torch.save writes a tensor's whole storage; a view of a larger tensor is saved as
+            # a tensor over a slice of that storage (shared memory, no copy): exactly the chunk,
+            # the same bytes as saving a copy of it.
+            start = tensor.storage_offset() * tensor.element_size()
+            view = storage[start : start + nbytes]
+            tensor = torch.empty(0, dtype=tensor.dtype).set_(view, 0, tensor.shape)
         offset = self._stream.tell()
         torch.save(tensor, self._stream)
         length = self._stream.tell() - offset
@@ -145,6 +153,8 @@ class TorchDistWriter:
 
         state_dict_metadata: Dict[str, Any] = {}
         for key, (shape, dtype, chunks) in sorted(self._tensors.items()):
+            # Sorted: threads record chunks in whatever order they finish.
+            chunks = sorted(chunks, key=lambda c: tuple(c.offsets))
             state_dict_metadata[key] = TensorStorageMetadata(
                 properties=TensorProperties(dtype=dtype), size=torch.Size(shape), chunks=chunks
             )

@@ -35,7 +35,6 @@ from megatron.minimax.models.minimax_m2.hf_reference import ROUTER_RE as _ROUTER
 __all__ = [
     "RELEASE_QUANTIZATION_CONFIG",
     "build_tiny_checkpoint",
-    "load_hf_reference_model",
     "tiny_hf_config",
 ]
 

@@ -1,0 +1,432 @@
+#!/usr/bin/env python
+# Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
+"""Benchmark ``convert_minimax_m2.py hf-to-mcore``: memory and throughput against plain file I/O.
+
+    python tools/bench/bench_convert.py [--work-dir DIR] [--workers 2] [--repeat 2] [--evict-cache]
+
+Writes two synthetic checkpoints in the released FP8 format (config, zero-based shards whose
+"of" count is one more than the number of files, an index, 128x128-block ``float8_e4m3fn``
+weights with fp32 ``weight_scale_inv``, fp32 router, bf16 norms/embedding/head) with the
+released layer shapes (hidden 3072, expert width 1536, 48 query heads of 128, 8 KV heads, rotary
+dim 64) but few layers and experts and a small vocabulary, of about 1 GB and 4 GB. On the same
+disk and in the same run it then measures, for each:
+
+* the converter (``hf-to-mcore --workers N``, a subprocess): wall time and peak RSS
+  (``ru_maxrss`` from ``wait4`` of that child alone);
+* a plain read + write (a subprocess): read every input byte, write as many bytes as the
+  converter wrote and fsync them, as the converter does.
+
+The two alternate ``--repeat`` times per checkpoint; the best time of each and the highest peak
+RSS count (the machine may be shared). It prints the peak-RSS ratio 4 GB / 1 GB (bar: within
+25%) and the conversion throughput as a fraction of plain read + write throughput, end to end
+(interpreter start, imports and model layout included), on the 4 GB checkpoint (bar: >= 50%;
+the 1 GB figure is printed too, but a fixed start of ~5 s weighs on it), and exits 1 if either
+misses. Everything is written under ``--work-dir`` (a fresh directory in /tmp by default) and
+removed at the end.
+
+The measuring process imports neither torch nor numpy, so that its own memory cannot leak into a
+child's ``ru_maxrss`` (Linux carries the pre-exec high-water mark over to the exec'd program).
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOL = ROOT / "tools" / "checkpoint" / "convert_minimax_m2.py"
+GIB = 1024**3
+
+RSS_BAR = 0.25
+"""Peak RSS of the 4 GB and 1 GB conversions may differ by less than this fraction."""
+THROUGHPUT_BAR = 0.5
+"""Conversion throughput must be at least this fraction of plain read + write throughput."""
+
+RELEASE_SHAPES = dict(
+    hidden_size=3072,
+    intermediate_size=1536,
+    head_dim=128,
+    num_attention_heads=48,
+    num_key_value_heads=8,
+    rotary_dim=64,
+    num_experts_per_tok=8,
+    vocab_size=8192,
+)
+"""The released MiniMax-M2 layer shapes; a small vocabulary so embeddings do not dominate."""
+
+CHECKPOINTS = {
+    # fp8 bytes per layer: attention 44 MB + 32 experts x 14.2 MB; embedding + head 100 MB.
+    "1GB": dict(num_hidden_layers=2, num_local_experts=32),
+    "4GB": dict(num_hidden_layers=8, num_local_experts=32),
+}
+
+SHARD_BYTES = 1_850_000_000
+"""Shard size of the release (230 GB in 125 files)."""
+
+
+# ------------------------------------------------------------------------------ checkpoint writer
+
+
+def _tensor_specs(config):
+    """(name, safetensors dtype, shape, kind) in release order."""
+    hidden, ffn = config["hidden_size"], config["intermediate_size"]
+    q_width = config["num_attention_heads"] * config["head_dim"]
+    kv_width = config["num_key_value_heads"] * config["head_dim"]
+    experts, vocab = config["num_local_experts"], config["vocab_size"]
+
+    def fp8(name, rows, cols):
+        return [
+            (name, "F8_E4M3", (rows, cols), "fp8"),
+            (name + "_scale_inv", "F32", (-(-rows // 128), -(-cols // 128)), "scale"),
+        ]
+
+    specs = [("model.embed_tokens.weight", "BF16", (vocab, hidden), "bf16")]
+    for layer in range(config["num_hidden_layers"]):
+        p = f"model.layers.{layer}."
+        specs.append((p + "input_layernorm.weight", "BF16", (hidden,), "norm"))
+        specs += fp8(p + "self_attn.q_proj.weight", q_width, hidden)
+        specs += fp8(p + "self_attn.k_proj.weight", kv_width, hidden)
+        specs += fp8(p + "self_attn.v_proj.weight", kv_width, hidden)
+        specs += fp8(p + "self_attn.o_proj.weight", hidden, q_width)
+        specs.append((p + "self_attn.q_norm.weight", "BF16", (q_width,), "norm"))
+        specs.append((p + "self_attn.k_norm.weight", "BF16", (kv_width,), "norm"))
+        specs.append((p + "post_attention_layernorm.weight", "BF16", (hidden,), "norm"))
+        specs.append((p + "block_sparse_moe.gate.weight", "F32", (experts, hidden), "fp32"))
+        specs.append((p + "block_sparse_moe.e_score_correction_bias", "F32", (experts,), "fp32"))
+        for e in range(experts):
+            q = f"{p}block_sparse_moe.experts.{e}."
+            specs += fp8(q + "w1.weight", ffn, hidden)
+            specs += fp8(q + "w2.weight", hidden, ffn)
+            specs += fp8(q + "w3.weight", ffn, hidden)
+    specs.append(("model.norm.weight", "BF16", (hidden,), "norm"))
+    specs.append(("lm_head.weight", "BF16", (vocab, hidden), "bf16"))
+    return specs
+
+
+_ITEMSIZE = {"F8_E4M3": 1, "BF16": 2, "F32": 4}
+
+
+def _nbytes(spec) -> int:
+    _, dtype, shape, _ = spec
+    n = _ITEMSIZE[dtype]
+    for d in shape:
+        n *= d
+    return n
+
+
+class _RandomBytes:
+    """Tensor bytes cut from a random pool (what matters here is volume, not entropy): FP8 bytes
+    with the two NaN codes (0x7f, 0xff) removed, scales of amax/448 for amax in [0.02, 0.2],
+    bf16 N(0, 0.02), norms near 1, fp32 router N(0, 0.02)."""
+
+    POOL = 64 * 1024 * 1024
+
+    def __init__(self, seed: int):
+        import numpy as np
+
+        self.np = np
+        rng = np.random.default_rng(seed)
+        fp8 = rng.integers(0, 256, self.POOL, dtype=np.uint8)
+        fp8[(fp8 & 0x7F) == 0x7F] ^= 1
+        self.fp8 = fp8
+        normal = (rng.standard_normal(self.POOL // 4, dtype=np.float32) * 0.02).astype(np.float32)
+        self.fp32 = normal.view(np.uint8)
+        self.bf16 = (normal.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+        scales = (rng.uniform(0.02, 0.2, self.POOL // 64).astype(np.float32) / 448).astype(
+            np.float32
+        )
+        self.scale = scales.view(np.uint8)
+        norms = rng.uniform(0.9, 1.1, 1 << 16).astype(np.float32)
+        self.norm = (norms.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+        self.offset = 0
+
+    def chunks(self, kind: str, nbytes: int):
+        pool = {"fp8": self.fp8, "bf16": self.bf16, "fp32": self.fp32, "scale": self.scale,
+                "norm": self.norm}[kind]  # fmt: skip
+        # Element-aligned start, different for each tensor.
+        start = (self.offset * 4096) % (len(pool) - 4096)
+        self.offset += 1
+        while nbytes:
+            piece = pool[start : start + nbytes]
+            yield piece
+            nbytes -= len(piece)
+            start = 0
+
+
+def _write_shard(path: Path, specs, source: _RandomBytes) -> None:
+    """A safetensors file written by streaming (no tensor ever in memory as a whole)."""
+    header = {"__metadata__": {"format": "pt"}}
+    offset = 0
+    for spec in specs:
+        name, dtype, shape, _ = spec
+        header[name] = {"dtype": dtype, "shape": list(shape),
+                        "data_offsets": [offset, offset + _nbytes(spec)]}  # fmt: skip
+        offset += _nbytes(spec)
+    blob = json.dumps(header, separators=(",", ":")).encode()
+    blob += b" " * (-len(blob) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(blob)))
+        f.write(blob)
+        for spec in specs:
+            for piece in source.chunks(spec[3], _nbytes(spec)):
+                f.write(piece)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def generate_checkpoint(out_dir: Path, layers: int, experts: int, seed: int = 0) -> int:
+    """Writes the synthetic FP8 checkpoint; returns its tensor bytes."""
+    from megatron.minimax.testing.tiny_checkpoint import RELEASE_QUANTIZATION_CONFIG, tiny_hf_config
+
+    config = tiny_hf_config(
+        **RELEASE_SHAPES, num_hidden_layers=layers, num_local_experts=experts
+    )
+    config["quantization_config"] = dict(RELEASE_QUANTIZATION_CONFIG)
+    specs = _tensor_specs(config)
+    shards, current, size = [], [], 0
+    for spec in specs:
+        # A weight and its scale share a shard, as in the release.
+        if current and size + _nbytes(spec) > SHARD_BYTES and not spec[0].endswith("_scale_inv"):
+            shards.append(current)
+            current, size = [], 0
+        current.append(spec)
+        size += _nbytes(spec)
+    shards.append(current)
+
+    out_dir.mkdir(parents=True)
+    (out_dir / "config.json").write_text(json.dumps(config, indent=1) + "\n")
+    source = _RandomBytes(seed)
+    weight_map = {}
+    declared = len(shards) + 1  # the release declares one file more than it ships
+    for i, shard_specs in enumerate(shards):
+        name = f"model-{i:05d}-of-{declared:05d}.safetensors"
+        _write_shard(out_dir / name, shard_specs, source)
+        weight_map.update((spec[0], name) for spec in shard_specs)
+    total = sum(_nbytes(spec) for spec in specs)
+    index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    return total
+
+
+# ------------------------------------------------------------------------------------ baseline
+
+
+def plain_read_write(in_dir: Path, out_dir: Path, out_bytes: int, files: int) -> None:
+    """Reads every byte under ``in_dir``; writes ``out_bytes`` (the bytes read, repeated) into
+    ``files`` files under ``out_dir``, fsynced, like the converter's data files."""
+    out_dir.mkdir(parents=True)
+    streams = [open(out_dir / f"out_{i}.bin", "wb") for i in range(files)]
+    buffer = bytearray(16 * 1024 * 1024)
+    view = memoryview(buffer)
+    written, turn = 0, 0
+
+    def emit(data):
+        nonlocal written, turn
+        data = data[: max(0, out_bytes - written)]
+        if data:
+            streams[turn % files].write(data)
+            turn += 1
+            written += len(data)
+
+    for path in sorted(in_dir.iterdir()):
+        with open(path, "rb", buffering=0) as f:
+            while True:
+                n = f.readinto(buffer)
+                if not n:
+                    break
+                emit(view[:n])
+                if written < out_bytes:  # the converter writes about 2 bytes per FP8 byte read
+                    emit(view[:n])
+    while written < out_bytes:
+        emit(view)
+    for stream in streams:
+        stream.flush()
+        os.fsync(stream.fileno())
+        stream.close()
+
+
+# ------------------------------------------------------------------------------------ measuring
+
+
+def _evict(directory: Path) -> None:
+    """Drops the (clean) page-cache pages of every file under ``directory``."""
+    for path in directory.rglob("*"):
+        if path.is_file():
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+
+
+def _run(cmd, log: Path):
+    """Runs ``cmd``; returns (wall seconds, peak RSS bytes of that child alone, exit status)."""
+    print(f"    (load average {os.getloadavg()[0]:.2f} before: {Path(cmd[1]).name} {cmd[2]})",
+          flush=True)  # fmt: skip
+    # The children import megatron.minimax from this checkout, installed or not.
+    path = os.environ.get("PYTHONPATH")
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else "")}
+    with open(log, "w") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return wall, usage.ru_maxrss * 1024, proc.returncode
+
+
+def _dir_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+def _self(*args):
+    return [sys.executable, str(Path(__file__).resolve()), *map(str, args)]
+
+
+def measure(work: Path, label: str, spec: dict, workers: int, evict: bool, repeat: int) -> dict:
+    """Generates one checkpoint, then alternates converter and plain runs ``repeat`` times."""
+    hf_dir, save_dir = work / f"hf_{label}", work / f"mcore_{label}"
+    plain_dir = work / f"plain_{label}"
+    start = time.perf_counter()
+    log = work / f"generate_{label}.log"
+    _, _, rc = _run(
+        _self("_generate", hf_dir, spec["num_hidden_layers"], spec["num_local_experts"]), log
+    )
+    if rc:
+        raise SystemExit(f"generating {label} failed:\n{log.read_text()[-3000:]}")
+    in_bytes = _dir_bytes(hf_dir)
+    print(f"[{label}] generated {in_bytes / GIB:.2f} GiB in {time.perf_counter() - start:.1f} s "
+          f"({len(list(hf_dir.glob('*.safetensors')))} shards)", flush=True)  # fmt: skip
+
+    runs = {"convert": [], "plain": []}
+    for attempt in range(repeat):
+        if evict:
+            _evict(hf_dir)
+        log = work / f"convert_{label}_{attempt}.log"
+        cmd = [sys.executable, TOOL, "hf-to-mcore", "--hf-dir", hf_dir, "--save-dir", save_dir,
+               "--workers", workers, "--no-progress"]  # fmt: skip
+        wall, rss, rc = _run(list(map(str, cmd)), log)
+        if rc:
+            raise SystemExit(f"conversion of {label} failed:\n{log.read_text()[-3000:]}")
+        out_bytes = _dir_bytes(save_dir)
+        summary = next((l for l in log.read_text().splitlines() if l.startswith("read ")), "")
+        in_tool = float(summary.split(" in ")[1].split(" s ")[0])
+        runs["convert"].append(dict(wall_s=wall, in_tool_s=in_tool, peak_rss=rss))
+        print(f"[{label}] converter: {wall:.1f} s wall ({in_tool:.1f} s in the tool), peak RSS "
+              f"{rss / GIB:.2f} GiB, wrote {out_bytes / GIB:.2f} GiB", flush=True)  # fmt: skip
+        shutil.rmtree(save_dir)
+
+        if evict:
+            _evict(hf_dir)
+        log = work / f"plain_{label}_{attempt}.log"
+        wall, rss, rc = _run(_self("_plain", hf_dir, plain_dir, out_bytes, workers), log)
+        if rc:
+            raise SystemExit(f"plain read+write failed:\n{log.read_text()[-3000:]}")
+        runs["plain"].append(dict(wall_s=wall, peak_rss=rss))
+        print(f"[{label}] plain read+write: {wall:.1f} s", flush=True)
+        shutil.rmtree(plain_dir)
+    shutil.rmtree(hf_dir)
+
+    # Best of the repeats for time (the machine may be shared), worst for memory.
+    convert_wall = min(r["wall_s"] for r in runs["convert"])
+    in_tool = min(r["in_tool_s"] for r in runs["convert"])
+    plain_wall = min(r["wall_s"] for r in runs["plain"])
+    result = dict(
+        input_bytes=in_bytes,
+        output_bytes=out_bytes,
+        convert_wall_s=convert_wall,
+        convert_in_tool_s=in_tool,
+        convert_peak_rss=max(r["peak_rss"] for r in runs["convert"]),
+        plain_wall_s=plain_wall,
+        throughput_ratio=plain_wall / convert_wall,
+        throughput_ratio_in_tool=plain_wall / in_tool,
+        runs=runs,
+    )
+    print(f"[{label}] best of {repeat}: converter {convert_wall:.1f} s ({in_tool:.1f} s in the "
+          f"tool), plain {plain_wall:.1f} s: the converter reaches "
+          f"{result['throughput_ratio']:.0%} of plain read+write throughput end to end, "
+          f"{result['throughput_ratio_in_tool']:.0%} counting the tool's own time",
+          flush=True)  # fmt: skip
+    return result
+
+
+def _machine() -> str:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+    return f"{platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.platform()}"
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_generate"]:
+        generate_checkpoint(Path(argv[1]), int(argv[2]), int(argv[3]))
+        return 0
+    if argv[:1] == ["_plain"]:
+        plain_read_write(Path(argv[1]), Path(argv[2]), int(argv[3]), int(argv[4]))
+        return 0
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--work-dir", type=Path, help="Scratch directory (default: a new one in /tmp)."
+    )
+    parser.add_argument("--workers", type=int, default=2, help="Converter --workers (default 2).")
+    parser.add_argument("--evict-cache", action="store_true",
+                        help="Drop the inputs' page cache (posix_fadvise) before each measured "
+                             "run; by default the inputs are warm (just written).")  # fmt: skip
+    parser.add_argument("--repeat", type=int, default=2,
+                        help="Converter and plain runs per checkpoint, alternating; the best "
+                             "time and the highest RSS count (default 2).")  # fmt: skip
+    parser.add_argument("--json", type=Path, help="Also write the results here.")
+    args = parser.parse_args(argv)
+
+    if args.work_dir is None:
+        work = Path(tempfile.mkdtemp(prefix="bench_convert_", dir="/tmp"))
+    else:
+        args.work_dir.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix="bench_convert_", dir=args.work_dir))
+    print(f"machine: {_machine()}\nwork dir: {work} ({shutil.disk_usage(work).free / GIB:.0f} GiB "
+          f"free)\npage cache: {'evicted before each run' if args.evict_cache else 'warm'}",
+          flush=True)  # fmt: skip
+    results = {}
+    try:
+        for label, spec in CHECKPOINTS.items():
+            results[label] = measure(
+                work, label, spec, args.workers, args.evict_cache, max(1, args.repeat)
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    small, large = results["1GB"], results["4GB"]
+    rss_ratio = large["convert_peak_rss"] / small["convert_peak_rss"]
+    throughput = large["throughput_ratio"]
+    rss_ok = abs(rss_ratio - 1) < RSS_BAR
+    throughput_ok = throughput >= THROUGHPUT_BAR
+    print(f"peak RSS 4GB/1GB: {rss_ratio:.3f} (bar: within {RSS_BAR:.0%}) "
+          f"{'PASS' if rss_ok else 'FAIL'}")  # fmt: skip
+    # For information: the rate at which extra input is converted, from the difference of the
+    # two sizes (fixed costs such as the converter's ~5 s of imports cancel out).
+    extra = large["input_bytes"] - small["input_bytes"]
+    convert_rate = extra / (large["convert_wall_s"] - small["convert_wall_s"])
+    plain_rate = extra / (large["plain_wall_s"] - small["plain_wall_s"])
+    print(f"throughput of the extra 3 GB: converter {convert_rate / GIB:.2f} GiB/s, plain "
+          f"{plain_rate / GIB:.2f} GiB/s ({convert_rate / plain_rate:.0%})")  # fmt: skip
+    print(f"conversion / plain read+write throughput, 4GB, end to end: {throughput:.0%} (bar: >= "
+          f"{THROUGHPUT_BAR:.0%}) {'PASS' if throughput_ok else 'FAIL'}")  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(
+            {"machine": _machine(), "workers": args.workers, "evict_cache": args.evict_cache,
+             "repeat": args.repeat, "results": results, "rss_ratio": rss_ratio,
+             "throughput_ratio": throughput, "incremental_ratio": convert_rate / plain_rate,
+             "pass": rss_ok and throughput_ok}, indent=2) + "\n")  # fmt: skip
+    return 0 if rss_ok and throughput_ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
