@@ -5,9 +5,16 @@
    fp32 router, sharded safetensors + index).
 2. Load it into Megatron at two parallel layouts (gloo processes) through the weight table and
    compare fp32 logits and loss with transformers' MiniMaxM2ForCausalLM on the same weights.
+3. Convert it to a Megatron torch_dist checkpoint (convert_minimax_m2.py hf-to-mcore) and show
+   the same parity from the converted checkpoint, resharded at two layouts.
+4. Train the converted model for a few steps on CPU (TP2 with sequence parallelism, Megatron's
+   DDP, finalize_model_grads and optimizer; the expert bias keeps updating), save a torch_dist
+   checkpoint, export it to HF in BF16 and FP8 (mcore-to-hf), and check that transformers'
+   logits on the BF16 export equal Megatron's on the saved weights.
 """
 
 import argparse
+import logging
 import os
 import sys
 import time
@@ -34,16 +41,103 @@ def _parity_worker(rank, world_size, hf_dir, layouts, tokens):
     return out if rank == 0 else None
 
 
-def show_parity(hf_dir: Path, layouts) -> bool:
+def _parity_from_checkpoint_worker(rank, world_size, hf_dir, load_dir, layouts, tokens):
+    from megatron.minimax.checkpoint.hf_checkpoint import HFCheckpoint
+    from megatron.minimax.models.minimax_m2 import parity
+
+    config = HFCheckpoint(hf_dir).config
+    out = {}
+    for layout in layouts:
+        parity.initialize_layout(layout)
+        loaded = parity.build_from_dist_checkpoint(config, load_dir, layout)
+        out[str(layout)] = parity.megatron_logits(loaded, tokens)
+    return out if rank == 0 else None
+
+
+def _train_worker(rank, world_size, hf_dir, load_dir, save_dir, steps, tokens):
+    """A few optimizer steps at TP2+SP through megatron-core's training pieces, then a save."""
+    import os
+
+    from megatron.core import dist_checkpointing
+    from megatron.core.distributed import (
+        DistributedDataParallel,
+        DistributedDataParallelConfig,
+        finalize_model_grads,
+    )
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    from megatron.minimax.checkpoint.hf_checkpoint import HFCheckpoint
+    from megatron.minimax.models.minimax_m2 import parity
+
+    layout = parity.ParallelLayout(tp=2)
+    parity.initialize_layout(layout)
+    loaded = parity.build_from_dist_checkpoint(HFCheckpoint(hf_dir).config, load_dir, layout)
+    ddp = DistributedDataParallel(
+        loaded.config, DistributedDataParallelConfig(grad_reduce_in_fp32=True), loaded.model
+    )
+    optimizer = get_megatron_optimizer(
+        OptimizerConfig(optimizer="adam", lr=3e-3, weight_decay=0.0, clip_grad=1.0), [ddp]
+    )
+    positions = torch.arange(tokens.shape[1]).expand_as(tokens)
+    losses = []
+    for _ in range(steps):
+        ddp.train()
+        ddp.zero_grad_buffer()
+        optimizer.zero_grad()
+        logits = parity._gather_vocab(ddp(tokens, positions, None), loaded.model_args.vocab_size)
+        loss = parity.next_token_loss(logits, tokens)
+        loss.backward()
+        ddp.finish_grad_sync()
+        finalize_model_grads([ddp])  # TP sums, then the expert-bias update
+        optimizer.step()
+        losses.append(loss.item())
+    step_dir = os.path.join(save_dir, f"iter_{steps:07d}")
+    if rank == 0:
+        os.makedirs(step_dir, exist_ok=True)
+    torch.distributed.barrier()
+    dist_checkpointing.save(loaded.model.sharded_state_dict(), step_dir)
+    if rank == 0:
+        with open(os.path.join(save_dir, "latest_checkpointed_iteration.txt"), "w") as f:
+            f.write(str(steps))
+    return losses if rank == 0 else None
+
+
+def _bf16_logits_worker(rank, world_size, hf_dir, load_dir, tokens):
+    """Megatron's fp32 logits on the saved weights rounded as the BF16 export rounds them (every
+    tensor but the fp32 router gate and bias)."""
+    from megatron.minimax.checkpoint.hf_checkpoint import HFCheckpoint
+    from megatron.minimax.models.minimax_m2 import parity
+
+    layout = parity.ParallelLayout()
+    parity.initialize_layout(layout)
+    loaded = parity.build_from_dist_checkpoint(HFCheckpoint(hf_dir).config, load_dir, layout)
+    with torch.no_grad():
+        for name, param in loaded.model.named_parameters():
+            if not name.endswith("router.weight"):
+                param.copy_(param.to(torch.bfloat16).float())
+    return parity.megatron_logits(loaded, tokens) if rank == 0 else None
+
+
+def show_parity(hf_dir: Path, layouts, load_dir: Path = None) -> bool:
+    """Parity table; Megatron weights from ``hf_dir`` or, when given, the torch_dist ``load_dir``
+    (the reference is then rounded to the checkpoint's dtype)."""
     from megatron.minimax.models.minimax_m2 import parity
     from megatron.minimax.models.minimax_m2.hf_reference import hf_logits, load_hf_reference_model
     from megatron.minimax.testing.distributed import run_in_processes
 
-    reference_model = load_hf_reference_model(hf_dir)
+    rounding = None
+    if load_dir is not None and parity.dist_checkpoint_dtype(load_dir) != torch.float32:
+        rounding = parity.dist_checkpoint_dtype(load_dir)
+    reference_model = load_hf_reference_model(hf_dir, round_to=rounding)
     vocab = reference_model.config.vocab_size
     tokens = torch.randint(0, vocab, (2, 32), generator=torch.Generator().manual_seed(0))
     reference = hf_logits(reference_model, tokens)
-    megatron = run_in_processes(_parity_worker, WORLD_SIZE, hf_dir, layouts, tokens)[0]
+    if load_dir is None:
+        megatron = run_in_processes(_parity_worker, WORLD_SIZE, hf_dir, layouts, tokens)[0]
+    else:
+        megatron = run_in_processes(
+            _parity_from_checkpoint_worker, WORLD_SIZE, hf_dir, str(load_dir), layouts, tokens
+        )[0]
 
     header = f"{'layout':<20} {'max|dlogit|':>12} {'max rel':>10} {'loss Megatron':>14} " \
              f"{'loss HF':>10} {'|dloss|':>10}  verdict"  # fmt: skip
@@ -72,6 +166,7 @@ def main() -> int:
     parser.add_argument("--work-dir", default="out/demo", help="Where the demo writes its files.")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
+    logging.getLogger("megatron.core").setLevel(logging.ERROR)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     from megatron.minimax.models.minimax_m2.parity import ParallelLayout
@@ -100,8 +195,69 @@ def main() -> int:
     print(f"\n[2] Megatron vs HF parity ({WORLD_SIZE} gloo processes per layout, data parallel "
           "takes the rest):")
     ok = show_parity(hf_dir, layouts)
-    print(f"\ndone in {time.time() - start:.0f} s: {'all layouts within tolerance' if ok else 'PARITY FAILED'}")
+
+    ok &= convert_and_check(hf_dir, work)
+    ok &= train_and_export(hf_dir, work)
+    print(f"\ndone in {time.time() - start:.0f} s: "
+          f"{'every check passed' if ok else 'A CHECK FAILED'}")
     return 0 if ok else 1
+
+
+def _run_tool(*args) -> None:
+    import subprocess
+
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    subprocess.run([sys.executable, *args], check=True, stdout=subprocess.DEVNULL, env=env)
+
+
+def convert_and_check(hf_dir: Path, work: Path) -> bool:
+    from megatron.minimax.models.minimax_m2.parity import ParallelLayout
+
+    mcore_dir = work / "mcore_bf16"
+    _run_tool("tools/checkpoint/convert_minimax_m2.py", "hf-to-mcore", "--hf-dir", str(hf_dir),
+              "--save-dir", str(mcore_dir), "--overwrite", "--no-progress")  # fmt: skip
+    print(f"\n[3] converted to Megatron torch_dist (bf16, router fp32): {mcore_dir}")
+    print(f"    {', '.join(sorted(p.name for p in mcore_dir.iterdir()))}")
+    print("    parity from the converted checkpoint, resharded at load (HF reference on the same "
+          "bf16-rounded weights):")
+    return show_parity(hf_dir, [ParallelLayout(tp=2, ep=2, etp=1), ParallelLayout(pp=2)], mcore_dir)
+
+
+def train_and_export(hf_dir: Path, work: Path, steps: int = 8) -> bool:
+    import shutil
+
+    from megatron.minimax.models.minimax_m2.hf_reference import hf_logits, load_hf_reference_model
+    from megatron.minimax.models.minimax_m2.parity import LOGITS_ATOL
+    from megatron.minimax.testing.distributed import run_in_processes
+
+    mcore_dir, trained_dir = work / "mcore_bf16", work / "trained"
+    shutil.rmtree(trained_dir, ignore_errors=True)
+    trained_dir.mkdir()
+    tokens = torch.randint(0, 1001, (4, 32), generator=torch.Generator().manual_seed(1))
+    losses = run_in_processes(
+        _train_worker, 2, hf_dir, str(mcore_dir), str(trained_dir), steps, tokens
+    )[0]
+    falling = losses[-1] < losses[0]
+    print(f"\n[4] {steps} training steps at TP2xSP (2 gloo processes, Adam, fp32): loss "
+          f"{' -> '.join(f'{x:.3f}' for x in losses)}  {'PASS' if falling else 'FAIL'}")
+    print(f"    saved torch_dist checkpoint: {trained_dir}")
+
+    ok = falling
+    for fmt in ("bf16", "fp8"):
+        export_dir = work / f"hf_export_{fmt}"
+        _run_tool("tools/checkpoint/convert_minimax_m2.py", "mcore-to-hf", "--load-dir",
+                  str(trained_dir), "--save-dir", str(export_dir), "--hf-reference-dir",
+                  str(hf_dir), "--format", fmt, "--overwrite", "--no-progress")  # fmt: skip
+        print(f"    exported to HF ({fmt}): {export_dir}")
+
+    probe = torch.randint(0, 1001, (2, 32), generator=torch.Generator().manual_seed(2))
+    reference = hf_logits(load_hf_reference_model(work / "hf_export_bf16"), probe)
+    megatron = run_in_processes(_bf16_logits_worker, 1, hf_dir, str(trained_dir), probe)[0]
+    diff = (megatron - reference).abs().max().item()
+    same = diff <= LOGITS_ATOL
+    print(f"    transformers on the BF16 export vs Megatron on the same weights: max |dlogit| "
+          f"{diff:.2e}  {'PASS' if same else 'FAIL'}")
+    return ok and same
 
 
 if __name__ == "__main__":
