@@ -147,24 +147,19 @@ def main(argv=None) -> int:
     except ValueError as e:
         fail(f"impossible layout {layout} on {world_size} processes: {e}")
 
-    reference_rounding = None
+    rounding = None
     if args.load_dir is not None:
-        from megatron.core.dist_checkpointing.core import check_is_distributed_checkpoint
-
-        if not check_is_distributed_checkpoint(parity.resolve_dist_checkpoint_dir(args.load_dir)):
-            fail(f"{args.load_dir}: not a Megatron torch_dist checkpoint")
-        stored = parity.dist_checkpoint_dtype(args.load_dir)
-        # The reference must hold the weights Megatron holds: rounded to the stored dtype.
-        reference_rounding = None if stored == torch.float32 else stored
+        try:
+            # The reference must hold the weights Megatron holds: rounded to the stored dtype.
+            rounding = parity.reference_rounding(args.load_dir)
+        except ValueError as e:
+            fail(str(e))
 
     parity.initialize_layout(layout)
     try:
-        if args.load_dir is None:
-            loaded = parity.build_from_hf(
-                hf_config, lambda name: checkpoint.get(name, torch.float32), layout
-            )
-        else:
-            loaded = parity.build_from_dist_checkpoint(hf_config, args.load_dir, layout)
+        loaded = parity.build_from_hf_or_dist_checkpoint(
+            hf_config, lambda name: checkpoint.get(name, torch.float32), layout, args.load_dir
+        )
     except (CheckpointError, ValueError) as e:
         fail(str(e))
     scores = logprobs.megatron_log_probs(loaded, tokens, args.micro_batch_size)
@@ -181,7 +176,7 @@ def main(argv=None) -> int:
         if args.compare_hf:
             from megatron.minimax.models.minimax_m2.hf_reference import load_hf_reference_model
 
-            reference_model = load_hf_reference_model(args.hf_dir, round_to=reference_rounding)
+            reference_model = load_hf_reference_model(args.hf_dir, round_to=rounding)
             reference = logprobs.hf_log_probs(reference_model, tokens).masked_fill(~scored, 0.0)
             result = logprobs.compare_log_probs(scores, reference, scored)
             ok = result.ok(args.tolerance)

@@ -125,9 +125,7 @@ def show_parity(hf_dir: Path, layouts, load_dir: Path = None) -> bool:
     from megatron.minimax.models.minimax_m2.hf_reference import hf_logits, load_hf_reference_model
     from megatron.minimax.testing.distributed import run_in_processes
 
-    rounding = None
-    if load_dir is not None and parity.dist_checkpoint_dtype(load_dir) != torch.float32:
-        rounding = parity.dist_checkpoint_dtype(load_dir)
+    rounding = None if load_dir is None else parity.reference_rounding(load_dir)
     reference_model = load_hf_reference_model(hf_dir, round_to=rounding)
     vocab = reference_model.config.vocab_size
     tokens = torch.randint(0, vocab, (2, 32), generator=torch.Generator().manual_seed(0))

@@ -127,23 +127,19 @@ def main(argv=None) -> int:
         fail(f"sequence parallelism needs the sequence length ({tokens.shape[1]}) divisible by "
              f"--tp ({layout.tp}); pass --no-sequence-parallel or other tokens")
 
-    reference_rounding = None
+    rounding = None
     if args.load_dir is not None:
-        from megatron.core.dist_checkpointing.core import check_is_distributed_checkpoint
-
-        if not check_is_distributed_checkpoint(parity.resolve_dist_checkpoint_dir(args.load_dir)):
-            fail(f"{args.load_dir}: not a Megatron torch_dist checkpoint")
-        stored = parity.dist_checkpoint_dtype(args.load_dir)
-        reference_rounding = None if stored == torch.float32 else stored
+        try:
+            # The reference must hold the weights Megatron holds: rounded to the stored dtype.
+            rounding = parity.reference_rounding(args.load_dir)
+        except ValueError as e:
+            fail(str(e))
 
     parity.initialize_layout(layout)
     try:
-        if args.load_dir is None:
-            loaded = parity.build_from_hf(
-                hf_config, lambda name: checkpoint.get(name, torch.float32), layout
-            )
-        else:
-            loaded = parity.build_from_dist_checkpoint(hf_config, args.load_dir, layout)
+        loaded = parity.build_from_hf_or_dist_checkpoint(
+            hf_config, lambda name: checkpoint.get(name, torch.float32), layout, args.load_dir
+        )
     except (CheckpointError, ValueError) as e:
         fail(str(e))
     logits = parity.megatron_logits(loaded, tokens)
@@ -153,7 +149,7 @@ def main(argv=None) -> int:
         from megatron.minimax.models.minimax_m2.hf_reference import hf_logits, load_hf_reference_model
 
         reference = hf_logits(
-            load_hf_reference_model(args.hf_dir, round_to=reference_rounding), tokens
+            load_hf_reference_model(args.hf_dir, round_to=rounding), tokens
         )
         result = parity.compare_logits(logits, reference, tokens)
         ok = result.ok(args.logits_atol, args.loss_atol)

@@ -207,6 +207,33 @@ def build_from_dist_checkpoint(
     return loaded
 
 
+def reference_rounding(load_dir) -> Optional[torch.dtype]:
+    """The dtype an fp32 HF reference must be rounded to so that it holds exactly the weights of
+    the torch_dist checkpoint ``load_dir`` (None for an fp32 checkpoint).
+
+    Raises:
+        ValueError: if ``load_dir`` is not a Megatron torch_dist checkpoint.
+    """
+    from megatron.core.dist_checkpointing.core import check_is_distributed_checkpoint
+
+    if not check_is_distributed_checkpoint(resolve_dist_checkpoint_dir(load_dir)):
+        raise ValueError(f"{load_dir}: not a Megatron torch_dist checkpoint")
+    stored = dist_checkpoint_dtype(load_dir)
+    return None if stored == torch.float32 else stored
+
+
+def build_from_hf_or_dist_checkpoint(
+    hf_config: Dict,
+    read_hf_tensor: Callable[[str], torch.Tensor],
+    layout: ParallelLayout,
+    load_dir=None,
+) -> LoadedModel:
+    """:func:`build_from_dist_checkpoint` when ``load_dir`` is given, else :func:`build_from_hf`."""
+    if load_dir is None:
+        return build_from_hf(hf_config, read_hf_tensor, layout)
+    return build_from_dist_checkpoint(hf_config, load_dir, layout)
+
+
 def _gather_vocab(logits_local: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """[b, s, V/tp] vocab-parallel logits -> [b, s, vocab_size] (autograd-correct)."""
     from megatron.core.tensor_parallel.mappings import gather_from_tensor_model_parallel_region
