@@ -207,7 +207,15 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", module="megatron")
     logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s")
     from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError
+    from megatron.minimax.checkpoint.converter_process import (
+        import_megatron_core_uncompiled,
+        keep_freed_memory_mapped,
+    )
 
+    # This process only converts (see converter_process): both directions build the model on the
+    # meta device only, and allocate and free thousands of tensors.
+    import_megatron_core_uncompiled()
+    keep_freed_memory_mapped()
     try:
         return args.run(args)
     except (CheckpointError, ValueError) as e:
