@@ -107,6 +107,14 @@ def _release_single_process_group() -> None:
     torch.distributed.destroy_process_group()
 
 
+def _without_crc32() -> None:
+    """Turns off torch.save's zip CRC32s in the calling thread (the option is per thread).
+
+    torch.save checksums every record (about 0.25 s per GB on one core); the DCP reader that
+    megatron-core loads with does not check zip CRCs, so the chunks are written without."""
+    torch.serialization.set_crc32_options(False)
+
+
 class _Plan:
     """Which HF tensors build which unit; exhaustive in both directions."""
 
@@ -267,7 +275,7 @@ def convert_hf_to_mcore(
             # Each tensor is written by a second thread while the next one is read and converted,
             # so that the writes (mostly waiting for the kernel's writeback) overlap the CPU
             # work; a worker holds at most two tensors. Writes stay in order: same file layout.
-            write_pool = ThreadPoolExecutor(max_workers=1)
+            write_pool = ThreadPoolExecutor(max_workers=1, initializer=_without_crc32)
             pending = None
             try:
                 for unit, mapping, names in bucket:
@@ -330,10 +338,6 @@ def convert_hf_to_mcore(
         # ran 3-5x slower than 2 x 1).
         intra_op_threads = torch.get_num_threads()
         torch.set_num_threads(1)
-        # torch.save checksums every record (about 0.25 s per GB on one core); the DCP reader
-        # megatron-core loads with does not check zip CRCs, so the chunks are written without.
-        compute_crc32 = torch.serialization.get_crc32_options()
-        torch.serialization.set_crc32_options(False)
         try:
             with ThreadPoolExecutor(max_workers=len(buckets)) as pool:
                 # Files opened here, in bucket order: each chunk lands at the same file and
@@ -353,7 +357,6 @@ def convert_hf_to_mcore(
             raise CheckpointError(f"{e.filename or save_dir}: cannot write ({e.strerror})") from None
         finally:
             torch.set_num_threads(intra_op_threads)
-            torch.serialization.set_crc32_options(compute_crc32)
 
         expected = {(c.key, c.global_offset) for u in layout.units for c in u.chunks}
         written = set(writer.written_chunks())

@@ -6,10 +6,12 @@ megatron-core's own save (``dist_checkpointing.save``) needs every tensor of the
 PyTorch's ``FileSystemWriter`` keeps references to every tensor of a file until the file is
 done. This writer produces the same on-disk format (PyTorch DCP, ``torch.save`` per chunk,
 a pickled ``Metadata`` in ``.metadata``, megatron's ``metadata.json`` and ``common_state``
-object) while holding only the chunk being written.
+object) while holding only the chunk being written. Each record starts on a 4 KiB boundary
+and data files are written with ``O_DIRECT`` where possible (:mod:`aligned_record_file`); the
+DCP reader seeks to each record's offset, so the padding between records is never read.
 """
 
-import io
+import contextlib
 import os
 import pickle
 import threading
@@ -29,6 +31,7 @@ from torch.distributed.checkpoint.metadata import (
     TensorStorageMetadata,
 )
 
+from megatron.minimax.checkpoint.aligned_record_file import AlignedRecordFile
 from megatron.minimax.checkpoint.dist_checkpoint_layout import CheckpointChunk
 
 COMMON_STATE_KEY = "common_state/shard_0_1"
@@ -45,10 +48,15 @@ class TorchDistFile:
     def __init__(self, writer: "TorchDistWriter", relative_path: str):
         self._writer = writer
         self.relative_path = relative_path
-        self._stream = open(writer.directory / relative_path, "wb")
+        self._file = AlignedRecordFile(writer.directory / relative_path)
+
+    def _write_lock(self):
+        if self._file.direct:
+            return contextlib.nullcontext()
+        return self._writer._buffered_write_lock
 
     def write_chunk(self, chunk: CheckpointChunk, tensor: torch.Tensor) -> int:
-        """Write one tensor chunk; returns the bytes written."""
+        """Write one tensor chunk; returns the bytes it takes in the file (padding included)."""
         if tuple(tensor.shape) != chunk.chunk_shape or tensor.dtype != chunk.dtype:
             raise ValueError(
                 f"{chunk.key} at {chunk.global_offset}: chunk is {tensor.dtype} "
@@ -64,28 +72,24 @@ class TorchDistFile:
             start = tensor.storage_offset() * tensor.element_size()
             view = storage[start : start + nbytes]
             tensor = torch.empty(0, dtype=tensor.dtype).set_(view, 0, tensor.shape)
-        offset = self._stream.tell()
-        torch.save(tensor, self._stream)
-        length = self._stream.tell() - offset
+        with self._write_lock():
+            torch.save(tensor, self._file)
+            offset, length = self._file.end_record()
+            on_disk = self._file.tell() - offset
         self._writer._record_chunk(chunk, _StorageInfo(self.relative_path, offset, length))
-        return length
+        return on_disk
 
     def write_object(self, unique_key: str, obj: Any) -> int:
         """Write a non-tensor object the way megatron-core stores ShardedObjects (a pickled
         one-element list: the object's shards held by this writer)."""
-        buffer = io.BytesIO()
-        torch.save([obj], buffer)
-        offset = self._stream.tell()
-        self._stream.write(buffer.getbuffer())
-        length = self._stream.tell() - offset
+        with self._write_lock():
+            torch.save([obj], self._file)
+            offset, length = self._file.end_record()
         self._writer._record_object(unique_key, _StorageInfo(self.relative_path, offset, length))
         return length
 
     def close(self) -> None:
-        if not self._stream.closed:
-            self._stream.flush()
-            os.fsync(self._stream.fileno())
-            self._stream.close()
+        self._file.close()
 
 
 class TorchDistWriter:
@@ -99,6 +103,11 @@ class TorchDistWriter:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        # Through the page cache (a filesystem that refuses O_DIRECT), one chunk is written at a
+        # time, whichever file it goes to: two threads writing 3.8 GB each into the page cache at
+        # once took 12 s on a 2-core VM, one after the other 5.4 s (the kernel's copies contend).
+        # O_DIRECT writes run concurrently.
+        self._buffered_write_lock = threading.Lock()
         self._tensors: Dict[str, Tuple[Tuple[int, ...], torch.dtype, List]] = {}
         self._objects: Dict[str, _StorageInfo] = {}
         self._storage: Dict[MetadataIndex, _StorageInfo] = {}

@@ -12,6 +12,7 @@ The CLI runs as a subprocess where its own behaviour (exit status, stderr, signa
 the other cases call :func:`convert_hf_to_mcore` directly, which is what the CLI runs.
 """
 
+import io
 import json
 import os
 import shutil
@@ -19,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -26,6 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from megatron.minimax.checkpoint import hf_to_mcore
+from megatron.minimax.checkpoint.aligned_record_file import ALIGNMENT
 from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError, HFCheckpoint
 from megatron.minimax.checkpoint.hf_to_mcore import convert_hf_to_mcore
 from megatron.minimax.checkpoint.torch_dist_writer import TorchDistFile
@@ -553,6 +556,24 @@ class TestAtomicOutput:
         assert sorted(p.name for p in save_dir.parent.iterdir()) == [save_dir.name]
         assert _distcp_bytes(save_dir) == _distcp_bytes(conversions["bf16_w2"][0])
 
+    def test_filesystem_without_o_direct_gets_the_same_bytes(
+        self, tiny_fp8_checkpoint, conversions, save_dir, monkeypatch
+    ):
+        real_open = os.open
+        refused = []
+
+        def refuse_direct(path, flags, *args):
+            if flags & os.O_DIRECT:
+                refused.append(path)
+                raise OSError(22, "Invalid argument")
+            return real_open(path, flags, *args)
+
+        monkeypatch.setattr(os, "open", refuse_direct)
+        convert_hf_to_mcore(tiny_fp8_checkpoint, save_dir, workers=2)
+        monkeypatch.undo()
+        assert len(refused) == 4  # two workers' files, objects, common state
+        assert _distcp_bytes(save_dir) == _distcp_bytes(conversions["bf16_w2"][0])
+
     def test_empty_save_dir_is_used_without_overwrite(self, tiny_fp8_checkpoint, save_dir):
         save_dir.mkdir()
         convert_hf_to_mcore(tiny_fp8_checkpoint, save_dir)
@@ -631,6 +652,23 @@ class TestConvertedValues:
         provenance = json.loads((ckpt / "minimax_m2_conversion.json").read_text())
         assert provenance["dtype"] == "bfloat16" and provenance["padded_vocab_size"] == 1024
         assert provenance["source_quantization"]["weight_block_size"] == [128, 128]
+
+    def test_chunk_records_are_aligned_and_written_without_zip_crc(self, conversions):
+        # Every tensor chunk is a torch.save record on a 4 KiB boundary (O_DIRECT writes), and
+        # the writer threads, not only the main thread, write them without CRC32s.
+        ckpt = _release(conversions["bf16_w2"][0])
+        metadata = _metadata(conversions["bf16_w2"][0])
+        chunks = [
+            (index, info) for index, info in metadata.storage_data.items()
+            if index.offset is not None
+        ]  # fmt: skip
+        assert len(chunks) > 100
+        for index, info in chunks:
+            assert info.offset % ALIGNMENT == 0, index.fqn
+            with open(ckpt / info.relative_path, "rb") as f:
+                f.seek(info.offset)
+                record = zipfile.ZipFile(io.BytesIO(f.read(info.length)))
+            assert {entry.CRC for entry in record.infolist()} == {0}, index.fqn
 
 
 class TestMTP:
