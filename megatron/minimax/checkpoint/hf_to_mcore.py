@@ -158,22 +158,29 @@ class _Plan:
     def check_shapes(self, checkpoint: HFCheckpoint, ctx) -> None:
         """Maps every source's on-disk shapes (meta tensors, headers only) and checks the result
         against the model that config.json describes, before anything is read or written."""
+        # A mapping gives the same shape for the same source shapes: each layer's and expert's
+        # tensors repeat a handful of cases (the full model has 32k units).
+        mapped: Dict[Tuple, Tuple[int, ...]] = {}
         for unit, mapping, names in self.sources:
             if mapping is None:
                 continue
             first = checkpoint.file_of(names[0])
-            shapes = [checkpoint.shape(name) for name in names]
-            try:
-                full = mapping.to_megatron([torch.empty(s, device="meta") for s in shapes], ctx)
-            except (ValueError, RuntimeError) as e:
-                raise CheckpointError(
-                    f"{first}: tensors {list(names)} of shapes {[list(s) for s in shapes]} do not "
-                    f"fit the model described by config.json: {e}"
-                ) from None
-            if tuple(full.shape) != unit.shape:
+            shapes = [tuple(checkpoint.shape(name)) for name in names]
+            case = (id(mapping), tuple(shapes))
+            if case not in mapped:
+                try:
+                    meta = [torch.empty(s, device="meta") for s in shapes]
+                    mapped[case] = tuple(mapping.to_megatron(meta, ctx).shape)
+                except (ValueError, RuntimeError) as e:
+                    raise CheckpointError(
+                        f"{first}: tensors {list(names)} of shapes {[list(s) for s in shapes]} do "
+                        f"not fit the model described by config.json: {e}"
+                    ) from None
+            full_shape = mapped[case]
+            if full_shape != unit.shape:
                 raise CheckpointError(
                     f"{first}: {list(names)} of shapes {[list(s) for s in shapes]} give "
-                    f"{unit.canonical_name} shape {tuple(full.shape)}, the model described by "
+                    f"{unit.canonical_name} shape {full_shape}, the model described by "
                     f"config.json has {unit.shape}"
                 )
 
