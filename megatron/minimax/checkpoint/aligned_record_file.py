@@ -21,6 +21,8 @@ import os
 from pathlib import Path
 from typing import Optional, Union
 
+import numpy
+
 __all__ = ["ALIGNMENT", "AlignedRecordFile"]
 
 ALIGNMENT = 4096
@@ -28,6 +30,8 @@ ALIGNMENT = 4096
 
 STAGING_BYTES = 16 * 1024 * 1024
 """Default staging buffer size: a record larger than this is written in pieces of this size."""
+
+_NUMPY_COPY_BYTES = 64 * 1024
 
 
 class AlignedRecordFile:
@@ -65,6 +69,9 @@ class AlignedRecordFile:
         self._staging = mmap.mmap(-1, staging_bytes)
         self._staging_bytes = staging_bytes
         self._view = memoryview(self._staging)
+        # numpy copies large blocks without holding the GIL (a memoryview assignment holds it),
+        # so the converter's other threads run meanwhile.
+        self._array = numpy.frombuffer(self._staging, dtype=numpy.uint8)
         self._filled = 0
         """Bytes in the staging buffer, not yet written."""
         self._flushed = 0
@@ -84,7 +91,13 @@ class AlignedRecordFile:
         total = len(data)
         while len(data):
             n = min(len(data), self._staging_bytes - self._filled)
-            self._view[self._filled : self._filled + n] = data[:n]
+            if n >= _NUMPY_COPY_BYTES:
+                numpy.copyto(
+                    self._array[self._filled : self._filled + n],
+                    numpy.frombuffer(data[:n], dtype=numpy.uint8),
+                )
+            else:
+                self._view[self._filled : self._filled + n] = data[:n]
             self._filled += n
             data = data[n:]
             if self._filled == self._staging_bytes:
@@ -122,6 +135,7 @@ class AlignedRecordFile:
             os.fsync(fd)
         finally:
             os.close(fd)
+            del self._array
             self._view.release()
             self._staging.close()
 

@@ -98,3 +98,18 @@ def test_unfinished_record_is_dropped(tmp_path):
 def test_staging_size_must_be_aligned(tmp_path):
     with pytest.raises(ValueError, match="multiple"):
         AlignedRecordFile(tmp_path / "x", staging_bytes=ALIGNMENT + 1)
+
+
+def test_large_writes_copied_in_bulk(tmp_path):
+    # Writes of 64 KiB and more are copied by numpy (without the GIL), across staging buffers.
+    staging = 64 * ALIGNMENT
+    payloads = [bytes((i * 31) % 256 for i in range(size)) for size in (100_000, 3 * staging + 5)]
+    path = tmp_path / "bulk.bin"
+    with AlignedRecordFile(path, staging_bytes=staging) as f:
+        records = []
+        for payload in payloads:
+            f.write(payload)
+            records.append(f.end_record())
+    data = path.read_bytes()
+    for (offset, length), payload in zip(records, payloads):
+        assert offset % ALIGNMENT == 0 and data[offset : offset + length] == payload
