@@ -38,7 +38,13 @@ from typing import Tuple
 
 import torch
 
-__all__ = ["FP8_E4M3_MAX", "dequantize_blockwise", "quantize_blockwise", "scale_inv_shape"]
+__all__ = [
+    "FP8_E4M3_MAX",
+    "dequantize_blockwise",
+    "dequantized_is_finite",
+    "quantize_blockwise",
+    "scale_inv_shape",
+]
 
 FP8_E4M3_MAX = float(torch.finfo(torch.float8_e4m3fn).max)
 """Largest finite ``float8_e4m3fn`` value (448.0)."""
@@ -124,11 +130,41 @@ def dequantize_blockwise(
     column_base = column_base.div_(bc, rounding_mode="floor").mul_(256)
     raw = weight_fp8.view(torch.uint8)
     out = torch.empty((rows, cols), dtype=dtype, device=device)
+    # One index buffer for every block row (filled in place: no allocation per block row).
+    index_buffer = torch.empty((min(br, rows), cols), dtype=torch.int32, device=device)
     for i in range(n_br):
         rows_i = slice(i * br, min((i + 1) * br, rows))
-        index = raw[rows_i].to(torch.int32).add_(column_base)
+        index = index_buffer[: rows_i.stop - rows_i.start]
+        index.copy_(raw[rows_i]).add_(column_base)
         torch.index_select(table[i], 0, index.view(-1), out=out[rows_i].view(-1))
     return out
+
+
+def dequantized_is_finite(
+    weight_fp8: torch.Tensor, scale_inv: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> bool:
+    """Whether :func:`dequantize_blockwise` of these bytes and scales is certainly free of
+    NaN/Inf, decided from the bytes and scales alone (two reductions over the bytes, no
+    dequantisation).
+
+    Every dequantised value is ``fp32(value(b) * s)`` cast to ``dtype``; it is finite unless the
+    byte is a NaN code (``0x7f``, ``0xff``; e4m3fn has no infinities) or ``448 * |s|`` leaves
+    ``dtype``'s range (or ``s`` is NaN/Inf). The range test keeps a margin of ``2**-7`` for the
+    roundings, so False means "may contain NaN/Inf": count them on the dequantised tensor.
+
+    Args:
+        weight_fp8: ``float8_e4m3fn`` (or ``uint8``) weight bytes.
+        scale_inv: the block scales.
+        dtype: the dequantised dtype.
+    """
+    raw = weight_fp8.view(torch.uint8)
+    if raw.numel() and (int(raw.amax()) == 0xFF or int(raw.view(torch.int8).amax()) == 0x7F):
+        return False
+    if scale_inv.numel() == 0:
+        return True
+    limit = torch.finfo(dtype).max * (1 - 2**-7)
+    largest = float(scale_inv.detach().to(torch.float64).abs().amax()) * FP8_E4M3_MAX
+    return largest <= limit  # False for a NaN scale too
 
 
 _FP8_VALUES = {}

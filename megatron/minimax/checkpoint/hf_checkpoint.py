@@ -30,7 +30,11 @@ import numpy
 import torch
 from safetensors import safe_open
 
-from megatron.minimax.checkpoint.fp8_blockwise import dequantize_blockwise, scale_inv_shape
+from megatron.minimax.checkpoint.fp8_blockwise import (
+    dequantize_blockwise,
+    dequantized_is_finite,
+    scale_inv_shape,
+)
 
 __all__ = ["CheckpointError", "HFCheckpoint", "find_nonfinite"]
 
@@ -295,6 +299,24 @@ class HFCheckpoint:
             except ValueError as e:
                 raise CheckpointError(f"{self.file_of(name)}: tensor '{name}': {e}") from e
         return tensor.to(dtype)
+
+    def get_counting_nonfinite(
+        self, name: str, dtype: torch.dtype = torch.float32
+    ) -> Tuple[torch.Tensor, int]:
+        """Like :meth:`get` (dequantised to ``dtype``), with the number of NaN/Inf values in the
+        result. For an FP8 tensor, finiteness is settled from its bytes and scales where it
+        can be (:func:`dequantized_is_finite`), so clean tensors are not scanned again."""
+        tensor, scale = self.get_raw(name)
+        if scale is None:
+            tensor = tensor.to(dtype)
+            return tensor, find_nonfinite(tensor)
+        try:
+            value = dequantize_blockwise(tensor, scale, self.block_size, dtype=dtype)
+        except ValueError as e:
+            raise CheckpointError(f"{self.file_of(name)}: tensor '{name}': {e}") from e
+        if dequantized_is_finite(tensor, scale, dtype):
+            return value, 0
+        return value, find_nonfinite(value)
 
     def nbytes(self, name: str) -> int:
         """On-disk bytes of ``name`` plus its ``scale_inv`` companion, from the shard headers."""

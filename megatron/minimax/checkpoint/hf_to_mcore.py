@@ -29,7 +29,7 @@ from megatron.minimax.checkpoint.dist_checkpoint_layout import (
     dist_checkpoint_layout,
     init_single_process_group,
 )
-from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError, HFCheckpoint, find_nonfinite
+from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError, HFCheckpoint
 from megatron.minimax.checkpoint.output_dir import atomic_output_dir, free_bytes
 from megatron.minimax.checkpoint.torch_dist_writer import CHECKPOINT_VERSION, TorchDistWriter
 
@@ -299,8 +299,7 @@ def convert_hf_to_mcore(
                             # Dequantised in fp32 and rounded once, straight to the stored dtype
                             # (the mappings only move values, so this is the same as mapping in
                             # fp32 and casting after, with half the bytes to move for bf16).
-                            tensor = reader.get(name, unit.dtype)
-                            bad = find_nonfinite(tensor)
+                            tensor, bad = reader.get_counting_nonfinite(name, unit.dtype)
                             if bad:
                                 nonfinite[name] = bad
                             tensors.append(tensor)

@@ -7,6 +7,7 @@ import torch
 from megatron.minimax.checkpoint.fp8_blockwise import (
     FP8_E4M3_MAX,
     dequantize_blockwise,
+    dequantized_is_finite,
     quantize_blockwise,
     scale_inv_shape,
 )
@@ -87,6 +88,58 @@ class TestDequantizeBlockwise:
     def test_dequant_rejects_non_2d_weight(self):
         with pytest.raises(ValueError, match=r"2-D weight, got shape \(4,\)"):
             dequantize_blockwise(torch.zeros(4, dtype=torch.float8_e4m3fn), torch.ones(1, 1))
+
+
+class TestDequantizedIsFinite:
+    """Decided from bytes and scales; must agree with counting NaN/Inf in the dequantised tensor
+    whenever it says True."""
+
+    @staticmethod
+    def _case(seed=0):
+        gen = torch.Generator().manual_seed(seed)
+        raw = torch.randint(0, 256, (300, 260), generator=gen, dtype=torch.uint8)
+        raw[(raw & 0x7F) == 0x7F] ^= 1  # no NaN codes
+        scale = torch.rand(scale_inv_shape((300, 260)), generator=gen) * 1e-3
+        return raw, scale
+
+    @staticmethod
+    def _nonfinite(raw, scale, dtype):
+        value = dequantize_blockwise(raw.view(torch.float8_e4m3fn), scale, dtype=dtype)
+        return int((~torch.isfinite(value.float())).sum())
+
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+    def test_clean_tensor_is_finite(self, dtype):
+        raw, scale = self._case()
+        assert dequantized_is_finite(raw.view(torch.float8_e4m3fn), scale, dtype)
+        assert self._nonfinite(raw, scale, dtype) == 0
+
+    @pytest.mark.parametrize("code", [0x7F, 0xFF])
+    def test_nan_code_anywhere_is_caught(self, code):
+        raw, scale = self._case()
+        raw[299, 259] = code  # last element, in a partial block
+        assert not dequantized_is_finite(raw.view(torch.float8_e4m3fn), scale, torch.bfloat16)
+        assert self._nonfinite(raw, scale, torch.bfloat16) == 1
+
+    @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+    def test_nonfinite_scale_is_caught(self, bad):
+        raw, scale = self._case()
+        scale[2, 2] = bad
+        assert not dequantized_is_finite(raw.view(torch.float8_e4m3fn), scale, torch.bfloat16)
+
+    def test_overflowing_scale_is_caught(self):
+        raw, scale = self._case()
+        raw[0, 0] = 0x7E  # 448
+        # 448 * 1e36 overflows fp32 (and bf16): the dequantised value is inf.
+        scale[0, 0] = 1e36
+        assert not dequantized_is_finite(raw.view(torch.float8_e4m3fn), scale, torch.float32)
+        assert self._nonfinite(raw, scale, torch.float32) >= 1
+        # 448 * 7e35 is finite in fp32 but within the rounding margin: "may be non-finite".
+        scale[0, 0] = 7.58e35
+        assert not dequantized_is_finite(raw.view(torch.float8_e4m3fn), scale, torch.float32)
+        # Well inside the range: finite.
+        scale[0, 0] = 1e30
+        assert dequantized_is_finite(raw.view(torch.float8_e4m3fn), scale, torch.float32)
+        assert self._nonfinite(raw, scale, torch.float32) == 0
 
 
 class TestQuantizeBlockwise:

@@ -193,6 +193,14 @@ class TestFindNonfinite:
         assert find_nonfinite(t, chunk_elems=7) == 3
         assert find_nonfinite(t.to(torch.bfloat16)) == 3
 
+    def test_get_counting_nonfinite_agrees_with_counting_the_result(self, fp8_dir):
+        with HFCheckpoint(fp8_dir) as ckpt:
+            for name in ckpt.tensor_names():
+                for dtype in (torch.bfloat16, torch.float32):
+                    value, count = ckpt.get_counting_nonfinite(name, dtype)
+                    assert torch.equal(value, ckpt.get(name, dtype))
+                    assert count == find_nonfinite(value) == 0
+
     def test_fp8_and_integers(self):
         t = torch.zeros(10, dtype=torch.float8_e4m3fn)
         t.view(torch.uint8)[[2, 5]] = torch.tensor([0x7F, 0xFF], dtype=torch.uint8)  # e4m3fn NaNs
