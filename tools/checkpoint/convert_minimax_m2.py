@@ -206,7 +206,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     warnings.filterwarnings("ignore", module="megatron")
     logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s")
-    from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError
     from megatron.minimax.checkpoint.converter_process import (
         import_megatron_core_uncompiled,
         keep_freed_memory_mapped,
@@ -216,6 +215,8 @@ def main(argv=None) -> int:
     # meta device only, and allocate and free thousands of tensors.
     import_megatron_core_uncompiled()
     keep_freed_memory_mapped()
+    from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError
+
     try:
         return args.run(args)
     except (CheckpointError, ValueError) as e:

@@ -1,6 +1,6 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
-"""Settings for a converter process: megatron-core without TorchDynamo, glibc keeping freed
-memory."""
+"""Settings for a converter process: megatron-core without TorchDynamo (and without the garbage
+collector during the import), glibc keeping freed memory."""
 
 import subprocess
 import sys
@@ -14,11 +14,14 @@ def test_megatron_core_imported_without_dynamo_or_inductor():
     # A fresh interpreter: in this one megatron-core (and Dynamo) are imported already.
     script = textwrap.dedent(
         """
+        import gc
         import sys
         import torch
         compile_ = torch.compile
         from megatron.minimax.checkpoint.converter_process import import_megatron_core_uncompiled
         assert import_megatron_core_uncompiled() is True
+        # The collector runs again; what the import created is frozen out of its collections.
+        assert gc.isenabled() and gc.get_freeze_count() > 10000
         assert import_megatron_core_uncompiled() is False
         from megatron.core import jit
         from megatron.core.fusions import fused_bias_geglu
