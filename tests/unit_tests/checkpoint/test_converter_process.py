@@ -10,6 +10,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[3]
 
 
+def _run_fresh(script: str) -> str:
+    """Runs ``script`` in a fresh interpreter (the settings are process-wide); returns stdout."""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
 def test_megatron_core_imported_without_dynamo_or_inductor():
     # A fresh interpreter: in this one megatron-core (and Dynamo) are imported already.
     script = textwrap.dedent(
@@ -36,16 +50,7 @@ def test_megatron_core_imported_without_dynamo_or_inductor():
         print("LOADED", loaded)
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "LOADED []" in result.stdout
+    assert "LOADED []" in _run_fresh(script)
 
 
 def test_freed_blocks_are_reused_instead_of_faulted_in_again():
@@ -75,16 +80,7 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
         print("FAULTS", default, kept)
         """
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    default, kept = map(int, result.stdout.split("FAULTS")[1].split())
+    default, kept = map(int, _run_fresh(script).split("FAULTS")[1].split())
     # Ten rounds of 48 MiB are 120k pages: mapped and unmapped, each is faulted in again; kept,
     # they are reused.
     assert default > 10 * 4096, (default, kept)
