@@ -13,9 +13,11 @@ to the processes that read.
 Records are padded with zeros to the alignment, so each starts on an aligned offset; a reader
 that knows each record's offset and length (the torch_dist ``.metadata``) never sees the padding.
 The bytes written are the same whether or not ``O_DIRECT`` is available (a filesystem that
-refuses it, such as tmpfs on older kernels, gets ordinary writes of the same records).
+refuses it at open, such as tmpfs on older kernels, or at the first write, gets ordinary writes
+of the same records).
 """
 
+import errno
 import mmap
 import os
 from pathlib import Path
@@ -119,11 +121,23 @@ class AlignedRecordFile:
 
     def _write_staging(self, nbytes: int) -> None:
         view = self._view[:nbytes]
-        while len(view):
-            written = os.write(self._fd, view)
-            view = view[written:]
+        done = 0
+        while done < nbytes:
+            try:
+                done += os.write(self._fd, view[done:])
+            except OSError as e:
+                # Some filesystems accept O_DIRECT at open and refuse the writes (EINVAL).
+                if not (self.direct and e.errno == errno.EINVAL):
+                    raise
+                self._reopen_buffered(self._flushed + done)
         self._flushed += nbytes
         self._filled = 0
+
+    def _reopen_buffered(self, position: int) -> None:
+        fd = os.open(self.path, os.O_WRONLY | getattr(os, "O_CLOEXEC", 0))
+        os.lseek(fd, position, os.SEEK_SET)
+        os.close(self._fd)
+        self._fd, self.direct = fd, False
 
     def close(self) -> None:
         """Syncs the file to the device and closes it. Bytes of a record that was not ended

@@ -1,6 +1,7 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
 """AlignedRecordFile: aligned records, the same bytes with and without O_DIRECT."""
 
+import errno
 import io
 import os
 
@@ -66,6 +67,34 @@ def test_filesystem_without_o_direct_falls_back(tmp_path, monkeypatch):
     payloads = _payloads()
     records = _write(tmp_path / "fallback", True, payloads)
     monkeypatch.undo()
+    assert records == _write(tmp_path / "reference", False, payloads)
+    assert (tmp_path / "fallback").read_bytes() == (tmp_path / "reference").read_bytes()
+
+
+def test_filesystem_refusing_o_direct_writes_falls_back(tmp_path, monkeypatch):
+    # A filesystem that accepts O_DIRECT at open and refuses the writes (EINVAL), simulated on
+    # any filesystem: the open succeeds without the flag, writes to that descriptor fail.
+    real_open, real_write = os.open, os.write
+    direct_fds, refused = set(), []
+
+    def open_claiming_direct(path, flags, *args):
+        fd = real_open(path, flags & ~os.O_DIRECT, *args)
+        if flags & os.O_DIRECT:
+            direct_fds.add(fd)
+        return fd
+
+    def refuse_direct_writes(fd, data):
+        if fd in direct_fds:
+            refused.append(fd)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(aligned_record_file.os, "open", open_claiming_direct)
+    monkeypatch.setattr(aligned_record_file.os, "write", refuse_direct_writes)
+    payloads = _payloads()
+    records = _write(tmp_path / "fallback", True, payloads)
+    monkeypatch.undo()
+    assert len(refused) == 1  # then the file is written through the page cache
     assert records == _write(tmp_path / "reference", False, payloads)
     assert (tmp_path / "fallback").read_bytes() == (tmp_path / "reference").read_bytes()
 
