@@ -20,16 +20,8 @@ line on stderr naming the problem).
 """
 
 import argparse
-import contextlib
-import sys
 
-
-from megatron.minimax.launch import (
-    add_layout_arguments,
-    layout_from_args,
-    quiet_optional_dependency_notices,
-    send_library_logging_to_stderr,
-)
+from megatron.minimax.launch import add_layout_arguments, compute_from_hf_config, layout_from_args
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,36 +46,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def fail(message: str) -> "NoReturn":  # noqa: F821
-    """Bad input: one line on stderr, exit status 2."""
-    print(f"minimax_m2_args.py: error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
-    quiet_optional_dependency_notices()
-    if args.mtp_num_layers is not None and args.mtp_num_layers < 1:
-        fail(f"--mtp-num-layers must be >= 1, got {args.mtp_num_layers}")
 
-    from megatron.minimax.models.minimax_m2.hf_config import load_hf_config
-    from megatron.minimax.training.minimax_m2_flags import minimax_m2_training_flags
+    def training_flags(hf_config):
+        from megatron.minimax.training.minimax_m2_flags import minimax_m2_training_flags
 
-    # stdout is the result: megatron's progress prints and log records go to stderr.
-    send_library_logging_to_stderr()
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            hf_config = load_hf_config(args.hf_config)
-            if not isinstance(hf_config, dict):
-                raise ValueError(f"{args.hf_config}: not a JSON object")
-            flags, _, _ = minimax_m2_training_flags(
-                hf_config,
-                layout_from_args(args),
-                mtp_num_layers=args.mtp_num_layers,
-            )
-    except (ValueError, OSError) as e:
-        fail(str(e).splitlines()[0])
-    print("\n".join(flags))
+        flags, _, _ = minimax_m2_training_flags(
+            hf_config, layout_from_args(args), mtp_num_layers=args.mtp_num_layers
+        )
+        return flags
+
+    print("\n".join(compute_from_hf_config("minimax_m2_args.py", args, training_flags)))
 
 
 if __name__ == "__main__":

@@ -17,17 +17,9 @@ line on stderr naming the violated constraint).
 """
 
 import argparse
-import contextlib
 import json
-import sys
 
-
-from megatron.minimax.launch import (
-    add_layout_arguments,
-    layout_from_args,
-    quiet_optional_dependency_notices,
-    send_library_logging_to_stderr,
-)
+from megatron.minimax.launch import add_layout_arguments, compute_from_hf_config, layout_from_args
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,39 +49,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def fail(message: str) -> "NoReturn":  # noqa: F821
-    """Bad input: one line on stderr, exit status 2."""
-    print(f"model_report.py: error: {message}", file=sys.stderr, flush=True)
-    sys.exit(2)
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
-    quiet_optional_dependency_notices()
-    if args.mtp_num_layers is not None and args.mtp_num_layers < 1:
-        fail(f"--mtp-num-layers must be >= 1, got {args.mtp_num_layers}")
 
-    from megatron.minimax.models.minimax_m2.hf_config import load_hf_config
-    from megatron.minimax.training.model_report import minimax_m2_model_report
+    def report(hf_config):
+        from megatron.minimax.training.model_report import minimax_m2_model_report
 
-    # stdout is the result: megatron's progress prints and log records go to stderr.
-    send_library_logging_to_stderr()
-    try:
-        with contextlib.redirect_stdout(sys.stderr):
-            hf_config = load_hf_config(args.hf_config)
-            if not isinstance(hf_config, dict):
-                raise ValueError(f"{args.hf_config}: not a JSON object")
-            report = minimax_m2_model_report(
-                hf_config,
-                layout_from_args(args),
-                num_gpus=args.num_gpus,
-                seq_length=args.seq_length,
-                micro_batch_size=args.micro_batch_size,
-                mtp_num_layers=args.mtp_num_layers,
-            )
-    except (ValueError, OSError) as e:
-        fail(str(e).splitlines()[0])
-    print(json.dumps(report, indent=2))
+        return minimax_m2_model_report(
+            hf_config,
+            layout_from_args(args),
+            num_gpus=args.num_gpus,
+            seq_length=args.seq_length,
+            micro_batch_size=args.micro_batch_size,
+            mtp_num_layers=args.mtp_num_layers,
+        )
+
+    print(json.dumps(compute_from_hf_config("model_report.py", args, report), indent=2))
 
 
 if __name__ == "__main__":

@@ -24,9 +24,19 @@ bad input (one line on stderr). Launch it like any Megatron tool (gloo on CPU, n
 
 import argparse
 import sys
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
+
+from megatron.minimax import launch
+from megatron.minimax.launch import (
+    TOKEN_MASK_KEYS,
+    add_parity_layout_arguments,
+    init_distributed,
+    parity_layout_from_args,
+    read_tokens_file,
+)
 
 
 
@@ -56,18 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="safetensors file: int64 'tokens' [batch, seq]; optional 'loss_mask' or "
         "'response_mask' [batch, seq] selecting the scored tokens.",
     )
-    group = parser.add_argument_group(title="layout")
-    group.add_argument("--tp", type=int, default=1, help="Tensor-parallel size.")
-    group.add_argument("--pp", type=int, default=1, help="Pipeline-parallel size.")
-    group.add_argument("--ep", type=int, default=1, help="Expert-parallel size.")
-    group.add_argument(
-        "--etp", type=int, default=None, help="Expert tensor-parallel size (default: --tp)."
-    )
-    group.add_argument(
-        "--no-sequence-parallel",
-        action="store_true",
-        help="Turn sequence parallelism off (it is on by default whenever --tp > 1).",
-    )
+    group = add_parity_layout_arguments(parser)
     group.add_argument(
         "--micro-batch-size",
         type=int,
@@ -93,12 +92,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def fail(message: str) -> "NoReturn":  # noqa: F821
-    """Bad input: one line on stderr, exit status 2."""
-    print(f"score_logprobs.py: error: {message}", file=sys.stderr, flush=True)
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    sys.exit(2)
+def fail(message: str) -> NoReturn:
+    launch.fail("score_logprobs.py", message)
 
 
 def main(argv=None) -> int:
@@ -112,8 +107,6 @@ def main(argv=None) -> int:
     except CheckpointError as e:
         fail(str(e))
     hf_config = checkpoint.config
-    from megatron.minimax.launch import TOKEN_MASK_KEYS, read_tokens_file
-
     try:
         tokens, mask = read_tokens_file(args.tokens_file, hf_config["vocab_size"], TOKEN_MASK_KEYS)
     except ValueError as e:
@@ -125,20 +118,12 @@ def main(argv=None) -> int:
         fail(
             f"--micro-batch-size {args.micro_batch_size} does not divide the batch {tokens.shape[0]}"
         )
-    layout = parity.ParallelLayout(
-        tp=args.tp,
-        pp=args.pp,
-        ep=args.ep,
-        etp=args.etp,
-        sequence_parallel=False if args.no_sequence_parallel else None,
-    )
+    layout = parity_layout_from_args(args)
     if layout.sp and tokens.shape[1] % layout.tp:
         fail(
             f"sequence parallelism needs the sequence length ({tokens.shape[1]}) divisible by "
             f"--tp ({layout.tp}); pass --no-sequence-parallel or other tokens"
         )
-
-    from megatron.minimax.launch import init_distributed
 
     init_distributed()
     rank, world_size = dist.get_rank(), dist.get_world_size()
@@ -147,17 +132,8 @@ def main(argv=None) -> int:
     except ValueError as e:
         fail(f"impossible layout {layout} on {world_size} processes: {e}")
 
-    rounding = None
-    if args.load_dir is not None:
-        try:
-            # The reference must hold the weights Megatron holds: rounded to the stored dtype.
-            rounding = parity.reference_rounding(args.load_dir)
-        except ValueError as e:
-            fail(str(e))
-
-    parity.initialize_layout(layout)
     try:
-        loaded = parity.build_from_hf_or_dist_checkpoint(
+        loaded, rounding = parity.build_for_comparison(
             hf_config, lambda name: checkpoint.get(name, torch.float32), layout, args.load_dir
         )
     except (CheckpointError, ValueError) as e:

@@ -1,20 +1,23 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
 """What the command-line tools share: process-group setup, the tokens-file format, layout flags,
-and keeping import-time notices off their output.
+one-line errors, and keeping import-time notices off their output.
 
 Nothing heavy is imported at module level, so tools can answer ``--help`` and reject bad input
 before megatron-core loads.
 """
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import warnings
-from typing import Optional, Sequence, Tuple
+from typing import Callable, NoReturn, Optional, Sequence, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
+
+T = TypeVar("T")
 
 TOKEN_MASK_KEYS = ("loss_mask", "response_mask")
 """Optional [batch, seq] 0/1 masks a tokens file may carry (at most one)."""
@@ -91,8 +94,15 @@ def read_tokens_file(
     return tokens, mask
 
 
-def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``layout`` argument group of the tools that take a parallel layout."""
+def add_layout_arguments(
+    parser: argparse.ArgumentParser, uneven_pipeline: bool = True
+) -> argparse._ArgumentGroup:
+    """The ``layout`` argument group of the tools that take a parallel layout; returned so that a
+    tool can add its own layout flags to it.
+
+    Args:
+        uneven_pipeline: also ``--first-stage-layers``/``--last-stage-layers``.
+    """
     group = parser.add_argument_group(title="layout")
     group.add_argument("--tp", type=int, default=1, help="Tensor-parallel size.")
     group.add_argument("--pp", type=int, default=1, help="Pipeline-parallel size.")
@@ -100,6 +110,8 @@ def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--etp", type=int, default=None, help="Expert tensor-parallel size (default: --tp)."
     )
+    if not uneven_pipeline:
+        return group
     group.add_argument(
         "--first-stage-layers",
         type=int,
@@ -112,6 +124,33 @@ def add_layout_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="Decoder layers on the last pipeline stage, for uneven pipelines.",
+    )
+    return group
+
+
+def add_parity_layout_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The layout flags of the parity tools (:class:`~megatron.minimax.models.minimax_m2.parity.
+    ParallelLayout`: even pipelines, sequence parallelism on by default with TP)."""
+    group = add_layout_arguments(parser, uneven_pipeline=False)
+    group.add_argument(
+        "--no-sequence-parallel",
+        action="store_true",
+        help="Turn sequence parallelism off (it is on by default whenever --tp > 1).",
+    )
+    return group
+
+
+def parity_layout_from_args(args: argparse.Namespace):
+    """The :class:`~megatron.minimax.models.minimax_m2.parity.ParallelLayout` of
+    :func:`add_parity_layout_arguments`' flags."""
+    from megatron.minimax.models.minimax_m2.parity import ParallelLayout
+
+    return ParallelLayout(
+        tp=args.tp,
+        pp=args.pp,
+        ep=args.ep,
+        etp=args.etp,
+        sequence_parallel=False if args.no_sequence_parallel else None,
     )
 
 
@@ -146,3 +185,36 @@ def send_library_logging_to_stderr() -> None:
             sys.__stdout__,
         ):
             handler.setStream(sys.__stderr__)
+
+
+def fail(prog: str, message: str) -> NoReturn:
+    """Bad input: one line on stderr naming ``prog``, exit status 2 (the process group, if any,
+    is left first)."""
+    print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    sys.exit(2)
+
+
+def compute_from_hf_config(
+    prog: str, args: argparse.Namespace, compute: Callable[[dict], T]
+) -> T:
+    """The body of the tools that answer from a config.json alone (``args.hf_config``,
+    ``args.mtp_num_layers``): ``compute(hf_config)`` with megatron's import notices silenced
+    and its prints and log records on stderr (stdout is the tool's result). A bad path, config
+    or layout (``ValueError``/``OSError``) exits through :func:`fail` with its first line."""
+    quiet_optional_dependency_notices()
+    if args.mtp_num_layers is not None and args.mtp_num_layers < 1:
+        fail(prog, f"--mtp-num-layers must be >= 1, got {args.mtp_num_layers}")
+
+    from megatron.minimax.models.minimax_m2.hf_config import load_hf_config
+
+    send_library_logging_to_stderr()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            hf_config = load_hf_config(args.hf_config)
+            if not isinstance(hf_config, dict):
+                raise ValueError(f"{args.hf_config}: not a JSON object")
+            return compute(hf_config)
+    except (ValueError, OSError) as e:
+        fail(prog, str(e).splitlines()[0])

@@ -16,9 +16,18 @@ Launch it like any Megatron tool (gloo on CPU, nccl on GPU):
 
 import argparse
 import sys
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
+
+from megatron.minimax import launch
+from megatron.minimax.launch import (
+    add_parity_layout_arguments,
+    init_distributed,
+    parity_layout_from_args,
+    read_tokens_file,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,18 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--batch-size", type=int, default=2, help="Random tokens: batch size.")
     group.add_argument("--seq-length", type=int, default=16, help="Random tokens: sequence length.")
     group.add_argument("--seed", type=int, default=0, help="Random tokens: generator seed.")
-    group = parser.add_argument_group(title="layout")
-    group.add_argument("--tp", type=int, default=1, help="Tensor-parallel size.")
-    group.add_argument("--pp", type=int, default=1, help="Pipeline-parallel size.")
-    group.add_argument("--ep", type=int, default=1, help="Expert-parallel size.")
-    group.add_argument(
-        "--etp", type=int, default=None, help="Expert tensor-parallel size (default: --tp)."
-    )
-    group.add_argument(
-        "--no-sequence-parallel",
-        action="store_true",
-        help="Turn sequence parallelism off (it is on by default whenever --tp > 1).",
-    )
+    group = add_parity_layout_arguments(parser)
     group = parser.add_argument_group(title="output")
     group.add_argument(
         "--dump-logits",
@@ -76,20 +74,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def fail(message: str) -> "NoReturn":  # noqa: F821
-    """Bad input: one line on stderr, exit status 2."""
-    print(f"verify_minimax_m2.py: error: {message}", file=sys.stderr, flush=True)
-    if dist.is_initialized():
-        dist.destroy_process_group()
-    sys.exit(2)
+def fail(message: str) -> NoReturn:
+    launch.fail("verify_minimax_m2.py", message)
 
 
 def load_tokens(args, vocab_size: int) -> torch.Tensor:
     if args.tokens_file is None:
         generator = torch.Generator().manual_seed(args.seed)
         return torch.randint(0, vocab_size, (args.batch_size, args.seq_length), generator=generator)
-    from megatron.minimax.launch import read_tokens_file
-
     try:
         return read_tokens_file(args.tokens_file, vocab_size)[0]
     except ValueError as e:
@@ -107,15 +99,7 @@ def main(argv=None) -> int:
     except CheckpointError as e:
         fail(str(e))
     hf_config = checkpoint.config
-    layout = parity.ParallelLayout(
-        tp=args.tp,
-        pp=args.pp,
-        ep=args.ep,
-        etp=args.etp,
-        sequence_parallel=False if args.no_sequence_parallel else None,
-    )
-    from megatron.minimax.launch import init_distributed
-
+    layout = parity_layout_from_args(args)
     init_distributed()
     rank, world_size = dist.get_rank(), dist.get_world_size()
     try:
@@ -127,17 +111,8 @@ def main(argv=None) -> int:
         fail(f"sequence parallelism needs the sequence length ({tokens.shape[1]}) divisible by "
              f"--tp ({layout.tp}); pass --no-sequence-parallel or other tokens")
 
-    rounding = None
-    if args.load_dir is not None:
-        try:
-            # The reference must hold the weights Megatron holds: rounded to the stored dtype.
-            rounding = parity.reference_rounding(args.load_dir)
-        except ValueError as e:
-            fail(str(e))
-
-    parity.initialize_layout(layout)
     try:
-        loaded = parity.build_from_hf_or_dist_checkpoint(
+        loaded, rounding = parity.build_for_comparison(
             hf_config, lambda name: checkpoint.get(name, torch.float32), layout, args.load_dir
         )
     except (CheckpointError, ValueError) as e:

@@ -294,10 +294,7 @@ class HFCheckpoint:
         if dtype is None:
             return tensor
         if scale is not None:
-            try:
-                tensor = dequantize_blockwise(tensor, scale, self.block_size, dtype=dtype)
-            except ValueError as e:
-                raise CheckpointError(f"{self.file_of(name)}: tensor '{name}': {e}") from e
+            return self._dequantize(name, tensor, scale, dtype)
         return tensor.to(dtype)
 
     def get_counting_nonfinite(
@@ -310,13 +307,18 @@ class HFCheckpoint:
         if scale is None:
             tensor = tensor.to(dtype)
             return tensor, find_nonfinite(tensor)
-        try:
-            value = dequantize_blockwise(tensor, scale, self.block_size, dtype=dtype)
-        except ValueError as e:
-            raise CheckpointError(f"{self.file_of(name)}: tensor '{name}': {e}") from e
+        value = self._dequantize(name, tensor, scale, dtype)
         if dequantized_is_finite(tensor, scale, dtype):
             return value, 0
         return value, find_nonfinite(value)
+
+    def _dequantize(
+        self, name: str, tensor: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype
+    ) -> torch.Tensor:
+        try:
+            return dequantize_blockwise(tensor, scale, self.block_size, dtype=dtype)
+        except ValueError as e:
+            raise CheckpointError(f"{self.file_of(name)}: tensor '{name}': {e}") from e
 
     def nbytes(self, name: str) -> int:
         """On-disk bytes of ``name`` plus its ``scale_inv`` companion, from the shard headers."""

@@ -222,16 +222,26 @@ def reference_rounding(load_dir) -> Optional[torch.dtype]:
     return None if stored == torch.float32 else stored
 
 
-def build_from_hf_or_dist_checkpoint(
+def build_for_comparison(
     hf_config: Dict,
     read_hf_tensor: Callable[[str], torch.Tensor],
     layout: ParallelLayout,
     load_dir=None,
-) -> LoadedModel:
-    """:func:`build_from_dist_checkpoint` when ``load_dir`` is given, else :func:`build_from_hf`."""
+) -> Tuple[LoadedModel, Optional[torch.dtype]]:
+    """What the parity tools compare against an fp32 HF reference: the model at ``layout``
+    (initialised here) built by :func:`build_from_dist_checkpoint` when ``load_dir`` is given,
+    else by :func:`build_from_hf`; and the dtype the reference must be rounded to so that it
+    holds the same weights (:func:`reference_rounding`; None when built from HF).
+
+    Raises:
+        ValueError: ``load_dir`` is not a torch_dist checkpoint, or it does not fit the model.
+    """
     if load_dir is None:
-        return build_from_hf(hf_config, read_hf_tensor, layout)
-    return build_from_dist_checkpoint(hf_config, load_dir, layout)
+        initialize_layout(layout)
+        return build_from_hf(hf_config, read_hf_tensor, layout), None
+    rounding = reference_rounding(load_dir)
+    initialize_layout(layout)
+    return build_from_dist_checkpoint(hf_config, load_dir, layout), rounding
 
 
 def _gather_vocab(logits_local: torch.Tensor, vocab_size: int) -> torch.Tensor:
