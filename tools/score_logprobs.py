@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     init_distributed()
     rank, world_size = dist.get_rank(), dist.get_world_size()
     try:
-        layout.validate(world_size, hf_config)
+        layout.validate(world_size, hf_config, backend=dist.get_backend())
     except ValueError as e:
         fail(f"impossible layout {layout} on {world_size} processes: {e}")
 

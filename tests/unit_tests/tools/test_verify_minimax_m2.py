@@ -72,6 +72,13 @@ class TestVerifyTool:
         assert f"layout {label}" in proc.stdout and "PASS" in proc.stdout
         assert f"weights from {converted_fp8_checkpoint}" in proc.stdout
 
+    def test_layout_gloo_cannot_run_is_refused_with_one_line(self, tiny_bf16_checkpoint):
+        proc = _run(["--hf-dir", str(tiny_bf16_checkpoint), "--tp", "2", "--ep", "2"], nproc=4)
+        assert proc.returncode != 0
+        errors = [line for line in proc.stderr.splitlines() if "verify_minimax_m2.py: error:" in line]
+        assert errors and all("cannot run on gloo" in line for line in errors), proc.stderr
+        assert "ProcessGroupGloo" not in proc.stderr
+
     def test_exit_status_1_above_tolerance(self, tiny_bf16_checkpoint):
         proc = _run(["--hf-dir", str(tiny_bf16_checkpoint), "--logits-atol", "1e-12"])
         assert proc.returncode == 1, proc.stdout + proc.stderr

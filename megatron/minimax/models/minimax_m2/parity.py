@@ -70,8 +70,14 @@ class ParallelLayout:
             parts.append("SP")
         return "x".join(parts)
 
-    def validate(self, world_size: int, hf: Dict) -> None:
-        """Raise ``ValueError`` naming the violated constraint."""
+    def validate(self, world_size: int, hf: Dict, backend: Optional[str] = None) -> None:
+        """Raise ``ValueError`` naming the violated constraint.
+
+        Args:
+            world_size: processes in the group.
+            hf: the HF config.
+            backend: the process group's backend, if known (``gloo`` has a limit of its own).
+        """
         checks = [
             (hf["num_attention_heads"], self.tp, "num_attention_heads", "TP"),
             (hf["num_key_value_heads"], self.tp, "num_key_value_heads", "TP"),
@@ -89,6 +95,14 @@ class ParallelLayout:
         if world_size % expert_parallel:
             raise ValueError(
                 f"world size {world_size} is not divisible by EP*ETP*PP = {expert_parallel}"
+            )
+        if backend == "gloo" and self.ep > 1 and self.expert_tp > 1 and self.sp:
+            # The token dispatcher then all-gathers the routed tokens over the expert-TP group
+            # in pieces of different sizes; gloo's all_gather needs equal sizes.
+            raise ValueError(
+                f"EP={self.ep} with ETP={self.expert_tp} and sequence parallelism cannot run on "
+                "gloo (CPU): it all-gathers uneven token counts; use ETP=1 or no sequence "
+                "parallelism"
             )
 
 

@@ -124,3 +124,23 @@ class TestGradientParity:
         assert errors[worst] <= GRAD_RTOL, (worst, errors[worst])
         # Every parameter of the HF model is covered, including q_norm/k_norm and the router.
         assert any(".q_norm." in n for n in errors) and any(".gate.weight" in n for n in errors)
+
+
+def test_gloo_refuses_expert_tp_with_ep_and_sequence_parallel():
+    # That combination all-gathers uneven token counts over the expert-TP group; gloo's
+    # all_gather needs equal sizes, so it is refused up front instead of failing mid-forward.
+    hf = dict(
+        num_attention_heads=8,
+        num_key_value_heads=4,
+        num_local_experts=8,
+        intermediate_size=64,
+        num_hidden_layers=4,
+    )
+    layout = ParallelLayout(tp=2, ep=2)
+    layout.validate(4, hf)
+    layout.validate(4, hf, backend="nccl")
+    with pytest.raises(ValueError, match="EP=2 with ETP=2 and sequence parallelism cannot run"):
+        layout.validate(4, hf, backend="gloo")
+    ParallelLayout(tp=2, ep=2, etp=1).validate(4, hf, backend="gloo")
+    ParallelLayout(tp=2, ep=2, sequence_parallel=False).validate(4, hf, backend="gloo")
+    ParallelLayout(ep=2, etp=2).validate(4, hf, backend="gloo")
