@@ -88,20 +88,30 @@ while read -r -a line_tokens; do
     TOOL_ARGS+=("${line_tokens[@]}")
 done <<< "${MODEL_FLAGS}"
 
-# slime's argument parser has no --qk-layernorm-scope: the MiniMax-M2 spec below implies 'layer'.
+# slime's argument parser (stock megatron-core's) has no --qk-layernorm-scope and no
+# --moe-router-keep-in-fp32: the MiniMax-M2 spec below implies 'layer', and an fp32 gate from
+# --moe-router-dtype fp32.
 MODEL_ARGS=()
 scope_seen=0
+keep_fp32_seen=0
 for ((i = 0; i < ${#TOOL_ARGS[@]}; i++)); do
-    if [[ "${TOOL_ARGS[i]}" == "--qk-layernorm-scope" ]]; then
-        [[ "${TOOL_ARGS[i + 1]:-}" == "layer" ]] ||
-            die "minimax_m2_args.py printed --qk-layernorm-scope ${TOOL_ARGS[i + 1]:-}, expected layer"
-        scope_seen=1
-        i=$((i + 1))
-        continue
-    fi
-    MODEL_ARGS+=("${TOOL_ARGS[i]}")
+    case "${TOOL_ARGS[i]}" in
+        --qk-layernorm-scope)
+            [[ "${TOOL_ARGS[i + 1]:-}" == "layer" ]] ||
+                die "minimax_m2_args.py printed --qk-layernorm-scope ${TOOL_ARGS[i + 1]:-}, expected layer"
+            scope_seen=1
+            i=$((i + 1))
+            ;;
+        --moe-router-keep-in-fp32)
+            keep_fp32_seen=1
+            ;;
+        *)
+            MODEL_ARGS+=("${TOOL_ARGS[i]}")
+            ;;
+    esac
 done
 [[ "${scope_seen}" == 1 ]] || die "minimax_m2_args.py printed no --qk-layernorm-scope"
+[[ "${keep_fp32_seen}" == 1 ]] || die "minimax_m2_args.py printed no --moe-router-keep-in-fp32"
 
 # ---- Checkpoint: torch_dist from the HF release (FP8 dequantised, bf16, router fp32) ----
 if [[ ! -f "${MCORE_DIR}/latest_checkpointed_iteration.txt" ]]; then

@@ -16,13 +16,14 @@ Two conventions exist for ``--spec <module> <function>``:
 
 Both return the block spec of :func:`megatron.minimax.models.gpt.gpt_layer_specs.
 get_gpt_decoder_block_spec` with the full-dimension QK norm (``qk_layernorm_scope='layer'``)
-and, with ``moe_router_dtype='fp32'``, the fp32 router.
+and, with ``moe_router_dtype='fp32'``, the fp32 router (``moe_router_keep_in_fp32``).
 
-RL frameworks build a stock megatron-core ``TransformerConfig``, which has no
-``qk_layernorm_scope`` field (and their argument parsers have no ``--qk-layernorm-scope`` flag).
-These entry points are MiniMax-M2 specific, so they build the spec as if the field were 'layer',
-after the same validity checks as :class:`~megatron.minimax.transformer.transformer_config.
-TransformerConfig`. The modules need nothing else from the config: ``--qk-layernorm`` keeps the
+RL frameworks build a stock megatron-core ``TransformerConfig``, which has neither field (and
+their argument parsers have no ``--qk-layernorm-scope`` flag). These entry points are MiniMax-M2
+specific, so they build the spec as if ``qk_layernorm_scope`` were 'layer', and
+``moe_router_keep_in_fp32`` were set whenever ``moe_router_dtype`` is 'fp32', after the same
+validity checks as :class:`~megatron.minimax.transformer.transformer_config.TransformerConfig`.
+With a megatron-core that has the fields natively, the config carries them and is used as is. The modules need nothing else from the config: ``--qk-layernorm`` keeps the
 norms' names (``q_layernorm``/``k_layernorm``) under Megatron's TP gradient-reduction rule.
 
 MTP: a block spec carries one spec per decoder layer; megatron-core's ``get_gpt_mtp_block_spec``
@@ -61,7 +62,8 @@ def _minimax_m2_config(config: MCoreTransformerConfig) -> MCoreTransformerConfig
     """``config`` with ``qk_layernorm_scope='layer'``, checked for the MiniMax-M2 architecture.
 
     A stock megatron-core config is shallow-copied (the caller's object is left alone) and given
-    the field as a plain attribute, which is all the spec getters read.
+    the fields as plain attributes, which is all the spec getters read: ``qk_layernorm_scope``
+    'layer', and ``moe_router_keep_in_fp32`` when ``moe_router_dtype`` is 'fp32'.
 
     Raises:
         ValueError: if the config cannot describe MiniMax-M2.
@@ -76,6 +78,7 @@ def _minimax_m2_config(config: MCoreTransformerConfig) -> MCoreTransformerConfig
     else:
         scoped = copy.copy(config)
         scoped.qk_layernorm_scope = "layer"
+        scoped.moe_router_keep_in_fp32 = scoped.moe_router_dtype == "fp32"
         # The same checks our TransformerConfig runs in __post_init__ for 'layer'.
         TransformerConfig._validate_layer_scope_qk_layernorm(scoped)
 

@@ -2,9 +2,10 @@
 """Command-line flags for this package's ``TransformerConfig`` fields, and args -> configs.
 
 megatron-training generates one flag per megatron-core ``TransformerConfig`` field. This module
-does the same for the fields our subclass adds (today ``--qk-layernorm-scope``), from their
-annotations and attribute docstrings, through the ``extra_args_provider`` hook of
-``parse_and_validate_args``. The values reach the model only through the config class:
+does the same for the fields our subclass adds (``--qk-layernorm-scope``,
+``--moe-router-keep-in-fp32``), from their annotations and attribute docstrings, through the
+``extra_args_provider`` hook of ``parse_and_validate_args``. With a megatron-core that declares
+the fields natively, megatron-training generates these flags itself and this module adds none. The values reach the model only through the config class:
 ``core_transformer_config_from_args(args, config_class=TransformerConfig)`` copies every args
 attribute named like a field of the class it is given.
 """
@@ -33,6 +34,7 @@ from megatron.training.argument_utils import (
 )
 from megatron.training.arguments import add_megatron_arguments, validate_args
 
+from megatron.minimax.native_core import megatron_core_is_native
 from megatron.minimax.training.model_builder import HAVE_TE, GPTModelConfig
 from megatron.minimax.transformer.transformer_config import TransformerConfig
 
@@ -48,9 +50,10 @@ def add_minimax_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     attribute docstring -> help), exactly as megatron-training builds its own transformer flags;
     the fields megatron-core already declares are excluded, since megatron-training adds those.
     """
-    inherited = [f.name for f in dataclasses.fields(MCoreTransformerConfig)]
-    factory = ArgumentGroupFactory(TransformerConfig, exclude=inherited)
-    factory.build_group(parser, title=ARGUMENT_GROUP_TITLE)
+    if not megatron_core_is_native():
+        inherited = [f.name for f in dataclasses.fields(MCoreTransformerConfig)]
+        factory = ArgumentGroupFactory(TransformerConfig, exclude=inherited)
+        factory.build_group(parser, title=ARGUMENT_GROUP_TITLE)
     _escape_stray_percent_signs(parser)
     return parser
 
@@ -89,7 +92,8 @@ def resolve_transformer_impl(args: argparse.Namespace) -> None:
 
 
 def transformer_config_from_args(args: argparse.Namespace) -> TransformerConfig:
-    """Our ``TransformerConfig`` (megatron-core's plus ``qk_layernorm_scope``) from parsed args.
+    """Our ``TransformerConfig`` (megatron-core's plus ``qk_layernorm_scope`` and
+    ``moe_router_keep_in_fp32``) from parsed args.
 
     Raises:
         ValueError: from ``TransformerConfig.__post_init__`` for an invalid combination, e.g.
@@ -104,6 +108,11 @@ def transformer_config_from_args(args: argparse.Namespace) -> TransformerConfig:
             raise ValueError(
                 f"--qk-layernorm-scope {args.qk_layernorm_scope} is not supported with "
                 f"{type(config).__name__} (--multi-latent-attention or heterogeneous layers)."
+            )
+        if getattr(args, "moe_router_keep_in_fp32", False):
+            raise ValueError(
+                f"--moe-router-keep-in-fp32 is not supported with {type(config).__name__} "
+                "(--multi-latent-attention or heterogeneous layers) on stock megatron-core."
             )
     return config
 

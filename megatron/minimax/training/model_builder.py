@@ -40,6 +40,7 @@ from megatron.minimax.models.gpt.gpt_layer_specs import (
     get_gpt_decoder_block_spec,
     get_gpt_mtp_block_spec,
 )
+from megatron.minimax.native_core import log_megatron_core_path, megatron_core_is_native
 from megatron.minimax.transformer.full_dim_qk_norm import FullDimKRMSNorm, FullDimQRMSNorm
 
 try:
@@ -63,17 +64,22 @@ def _layer_specs(spec: LayerOrBlockSpec) -> List[ModuleSpec]:
     return list(spec.layer_specs) if isinstance(spec, TransformerBlockSubmodules) else [spec]
 
 
-def _uses_layer_scope_qk_norm(transformer_config) -> bool:
-    return transformer_config.qk_layernorm and (
-        getattr(transformer_config, "qk_layernorm_scope", "head") == "layer"
+def _spec_carries_layer_scope_qk_norm(transformer_config) -> bool:
+    """True when the full-dimension QK norm must come from the spec (stock megatron-core)."""
+    return (
+        transformer_config.qk_layernorm
+        and getattr(transformer_config, "qk_layernorm_scope", "head") == "layer"
+        and not megatron_core_is_native()
     )
 
 
 def _uses_spec_level_options(transformer_config) -> bool:
-    """True when the config sets an option that only our specs implement."""
-    return _uses_layer_scope_qk_norm(transformer_config) or (
+    """True when the config sets an option that only our specs implement (stock megatron-core;
+    a native megatron-core implements them in SelfAttention and the router, for every spec)."""
+    return _spec_carries_layer_scope_qk_norm(transformer_config) or (
         transformer_config.num_moe_experts is not None
-        and transformer_config.moe_router_dtype == "fp32"
+        and getattr(transformer_config, "moe_router_keep_in_fp32", False)
+        and not megatron_core_is_native()
     )
 
 
@@ -123,11 +129,12 @@ class GPTModelBuilder(MCoreGPTModelBuilder):
     Backend: Transformer Engine modules when ``transformer_impl == 'transformer_engine'`` (the
     training entry point resolves that to 'local' when TE is not importable), else local modules.
     A ``--spec`` (``GPTModelConfig.transformer_layer_spec``) still takes precedence for the decoder,
-    as upstream, and its last layer then also defines the MTP layer; with
+    as upstream, and its last layer then also defines the MTP layer; on stock megatron-core with
     ``qk_layernorm_scope='layer'`` it must use the full-dimension q/k norms, or the build fails.
     Configs that megatron-training routes to other spec families (heterogeneous layers,
     experimental attention variants, ModelOpt, ``inference_optimized``) are built by the stock
-    builder when they set none of our options, and refused otherwise.
+    builder; on stock megatron-core only when they set none of our options (a native megatron-core
+    implements them for every spec).
     """
 
     def _use_transformer_engine(self) -> bool:
@@ -195,12 +202,13 @@ class GPTModelBuilder(MCoreGPTModelBuilder):
         vp_stage: Optional[int] = None,
     ) -> GPTModel:
         """Build the ``GPTModel`` chunk of this pipeline (and virtual pipeline) stage."""
+        log_megatron_core_path()
         model_cfg = self._model_config
         transformer_cfg = model_cfg.transformer
         if self._is_stock_spec_family():
             if _uses_spec_level_options(transformer_cfg):
                 raise ValueError(
-                    "qk_layernorm_scope='layer' and moe_router_dtype='fp32' are implemented in "
+                    "qk_layernorm_scope='layer' and moe_router_keep_in_fp32 are implemented in "
                     "the GPT decoder specs and cannot be combined with heterogeneous layers, "
                     "experimental attention variants, ModelOpt or transformer_impl="
                     "'inference_optimized'."
@@ -211,7 +219,7 @@ class GPTModelBuilder(MCoreGPTModelBuilder):
         pp_rank = get_pg_rank(pg_collection.pp)
         decoder_spec = self._decoder_spec(use_te, vp_stage, pp_rank)
         mtp_spec = self._mtp_spec(decoder_spec, use_te, vp_stage, pp_rank)
-        if _uses_layer_scope_qk_norm(transformer_cfg):
+        if _spec_carries_layer_scope_qk_norm(transformer_cfg):
             _check_layer_scope_qk_norm(decoder_spec, "decoder spec")
             if mtp_spec is not None:
                 for mtp_layer_spec in mtp_spec.layer_specs:

@@ -1,7 +1,7 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
 """A bf16/fp16 optimizer whose distributed checkpoint is correct when some parameters are fp32.
 
-With ``moe_router_dtype='fp32'`` the router gate of a bf16 model stays fp32 (``FP32TopKRouter``).
+With ``moe_router_keep_in_fp32`` the router gate of a bf16 model stays fp32.
 megatron-core's non-distributed mixed-precision optimizer
 (``Float16OptimizerWithFloat16Params``) steps it correctly, as an fp32 parameter optimized in
 place, but its ``sharded_state_dict`` (what ``--ckpt-format torch_dist`` saves unless
@@ -20,6 +20,10 @@ exactly what upstream produces. megatron-core's optimizer factory
 :func:`use_fp32_param_safe_float16_optimizer` points that name at the fixed class. The training
 entry point calls it explicitly, once, before building the optimizer; importing this package
 changes nothing. The distributed optimizer has its own, unaffected, ``sharded_state_dict``.
+
+``sharded_state_dict`` below is also the source of the native patch series' optimizer fix; with a
+megatron-core that carries the series (:mod:`megatron.minimax.native_core`) the substitution is
+not made.
 """
 
 from typing import Optional
@@ -33,6 +37,8 @@ from megatron.core.dist_checkpointing.optimizer import (
 )
 from megatron.core.optimizer.optimizer import Float16OptimizerWithFloat16Params as _MCoreOptimizer
 from megatron.core.optimizer.optimizer import _backfill_gtp_sharded_param_map
+
+from megatron.minimax.native_core import megatron_core_is_native
 
 
 class Float16OptimizerWithFloat16Params(_MCoreOptimizer):
@@ -111,6 +117,9 @@ def use_fp32_param_safe_float16_optimizer() -> None:
 
     Call once per process before building the optimizer (``pretrain_gpt.py`` does, right after
     parsing arguments). Idempotent. Only the non-distributed bf16/fp16 optimizer is affected; ours
-    subclasses upstream's, so ``isinstance`` checks elsewhere still hold.
+    subclasses upstream's, so ``isinstance`` checks elsewhere still hold. A no-op with a native
+    megatron-core, whose own class carries the fix.
     """
+    if megatron_core_is_native():
+        return
     mcore_optimizer.Float16OptimizerWithFloat16Params = Float16OptimizerWithFloat16Params

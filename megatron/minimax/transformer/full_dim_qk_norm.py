@@ -14,11 +14,11 @@ input through it). Activations are never gathered.
 
 The weight is the full ``[heads * kv_channels]`` vector, replicated on every TP rank; each rank
 multiplies by its own slice. Its gradient is therefore non-zero only on the rank's slice, and
-Megatron's ``finalize_model_grads`` (which sums over TP the gradients of parameters named
+``finalize_model_grads`` (which sums over TP the gradients of parameters named
 ``q_layernorm``/``k_layernorm``) assembles the exact full gradient on every rank. The weight is
 deliberately not tagged ``sequence_parallel``: with sequence parallelism the input has already been
 all-gathered along the sequence by ``linear_qkv``, so the gradient is complete per rank and a
-second TP reduction would scale it. See docs/design.md.
+second TP reduction would scale it.
 """
 
 from typing import Literal, Optional
@@ -30,49 +30,23 @@ from megatron.core import parallel_state
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-
-class _AllReduceSumInBothDirections(torch.autograd.Function):
-    """Sum over a process group in forward, and sum the incoming gradient in backward.
-
-    Megatron's ``reduce_from_tensor_model_parallel_region`` passes the gradient through unchanged,
-    which is right when each rank's output is consumed only on that rank. Here the reduced
-    statistic is consumed on every rank, so d(loss)/d(partial) is the sum of every rank's
-    d(loss)/d(total).
-    """
-
-    @staticmethod
-    def forward(ctx, partial: torch.Tensor, group) -> torch.Tensor:
-        ctx.group = group
-        total = partial.clone()
-        torch.distributed.all_reduce(total, group=group)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_total: torch.Tensor):
-        grad_partial = grad_total.contiguous().clone()
-        torch.distributed.all_reduce(grad_partial, group=ctx.group)
-        return grad_partial, None
-
-
-def all_reduce_sum_in_both_directions(partial: torch.Tensor, group) -> torch.Tensor:
-    """Autograd-correct sum of ``partial`` over ``group`` (all-reduce in forward and backward)."""
-    return _AllReduceSumInBothDirections.apply(partial, group)
+from megatron.minimax.tensor_parallel.mappings import all_reduce_sum_in_both_directions
 
 
 class FullDimQKRMSNorm(MegatronModule):
     """RMSNorm across all query (or key) heads of one attention layer, exact under TP.
 
-    It is a ``LayerNormBuilder`` for ``SelfAttentionSubmodules.q_layernorm``/``k_layernorm``:
-    ``SelfAttention`` calls it with ``hidden_size=kv_channels``, and the full width is derived from
-    ``config``. Use :data:`FullDimQRMSNorm` and :data:`FullDimKRMSNorm` in specs.
+    It fills ``SelfAttention``'s ``q_layernorm``/``k_layernorm`` when
+    ``config.qk_layernorm_scope == 'layer'``. ``SelfAttention`` passes ``hidden_size=kv_channels``
+    as to any q/k norm; the full width is derived from ``config``.
 
     Args:
         config: transformer config.
-        hidden_size: per-head width (``kv_channels``), as ``SelfAttention`` passes it.
+        hidden_size: per-head width (``kv_channels``).
         eps: epsilon added to the mean square.
         projection: 'query' or 'key': which projection's heads this norm covers.
-        tp_group: tensor-parallel group. When None, the global Megatron TP group is used, because
-            ``SelfAttention`` (0.19) calls q/k norm builders without process groups.
+        tp_group: the attention layer's tensor-parallel group. May be None only when
+            ``config.tensor_model_parallel_size`` is 1.
     """
 
     def __init__(
@@ -86,8 +60,11 @@ class FullDimQKRMSNorm(MegatronModule):
         super().__init__(config=config)
         if projection not in ("query", "key"):
             raise ValueError(f"projection must be 'query' or 'key', got {projection!r}.")
-        if tp_group is None:
-            tp_group = parallel_state.get_tensor_model_parallel_group(check_initialized=False)
+        if tp_group is None and config.tensor_model_parallel_size > 1:
+            raise ValueError(
+                f"FullDimQKRMSNorm({projection}) needs the tensor-parallel group: "
+                f"tensor_model_parallel_size is {config.tensor_model_parallel_size}."
+            )
         self.tp_group = tp_group
         self.tp_size = torch.distributed.get_world_size(tp_group) if tp_group is not None else 1
         self.tp_rank = torch.distributed.get_rank(tp_group) if tp_group is not None else 0
@@ -138,11 +115,29 @@ class FullDimQKRMSNorm(MegatronModule):
         return self._local_weight() * normed.to(x.dtype)
 
 
+# Spec builders for stock megatron-core 0.19, whose SelfAttention builds q/k norms from the spec
+# with (config, hidden_size, eps) only: they take the global tensor-parallel group. Where
+# megatron-core has qk_layernorm_scope natively, SelfAttention builds FullDimQKRMSNorm itself,
+# with its own group.
+
+
 def FullDimQRMSNorm(*, config: TransformerConfig, hidden_size: int, eps: float = 1e-6):
     """``LayerNormBuilder`` for ``SelfAttentionSubmodules.q_layernorm``."""
-    return FullDimQKRMSNorm(config=config, hidden_size=hidden_size, eps=eps, projection="query")
+    return FullDimQKRMSNorm(
+        config=config,
+        hidden_size=hidden_size,
+        eps=eps,
+        projection="query",
+        tp_group=parallel_state.get_tensor_model_parallel_group(check_initialized=False),
+    )
 
 
 def FullDimKRMSNorm(*, config: TransformerConfig, hidden_size: int, eps: float = 1e-6):
     """``LayerNormBuilder`` for ``SelfAttentionSubmodules.k_layernorm``."""
-    return FullDimQKRMSNorm(config=config, hidden_size=hidden_size, eps=eps, projection="key")
+    return FullDimQKRMSNorm(
+        config=config,
+        hidden_size=hidden_size,
+        eps=eps,
+        projection="key",
+        tp_group=parallel_state.get_tensor_model_parallel_group(check_initialized=False),
+    )

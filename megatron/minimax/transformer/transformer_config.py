@@ -1,8 +1,11 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
-"""``TransformerConfig`` with the full-dimension QK-norm option.
+"""``TransformerConfig`` with the options MiniMax-M2 needs from megatron-core.
 
-This subclass is a drop-in for ``megatron.core.transformer.TransformerConfig``. Upstream, its one
-field and its checks would be added to that class directly.
+On stock megatron-core 0.19 this subclass adds two fields to
+``megatron.core.transformer.TransformerConfig``. The fields, their docstrings and the checks in
+``__post_init__`` are the source of the native patch series (``tools/upstream/make_native.py``
+lifts them into megatron-core's ``TransformerConfig``). Where megatron-core already declares the
+fields (a tree patched by that series), ``TransformerConfig`` here *is* megatron-core's class.
 """
 
 from dataclasses import dataclass
@@ -12,18 +15,28 @@ from megatron.core.transformer.transformer_config import (
     TransformerConfig as MCoreTransformerConfig,
 )
 
+from megatron.minimax.native_core import megatron_core_is_native
+
 
 @dataclass
 class TransformerConfig(MCoreTransformerConfig):
-    """Megatron-core ``TransformerConfig`` plus ``qk_layernorm_scope``."""
+    """Megatron-core ``TransformerConfig`` plus ``qk_layernorm_scope`` and
+    ``moe_router_keep_in_fp32``."""
 
     qk_layernorm_scope: Literal["head", "layer"] = "head"
     """Which features one QK norm statistic covers when ``qk_layernorm`` is set.
-    'head': one norm per attention head over ``kv_channels`` features (stock Megatron).
+    'head': one norm per attention head over ``kv_channels`` features (the default).
     'layer': one RMSNorm over all heads of a layer's projected query (num_attention_heads *
     kv_channels features) and one over its projected key (num_query_groups * kv_channels), before
     RoPE, as in MiniMax-M2 (qk_norm_type 'per_layer') and OLMo-2. Under tensor parallelism each rank
     keeps its own heads and only a per-token sum of squares crosses ranks."""
+
+    moe_router_keep_in_fp32: bool = False
+    """Keep the MoE router's gate weight (and bias) in fp32 when the model is bf16/fp16: they are
+    not cast to params_dtype, Float16Module leaves them alone, the gating GEMM takes fp32 operands,
+    and the weight gets an fp32 gradient, optimizer update and checkpoint entry. Requires
+    moe_router_dtype='fp32'. Models released with an fp32 gate (MiniMax-M2, DeepSeek-V3) then train
+    and route as they are served."""
 
     def __post_init__(self):
         super().__post_init__()
@@ -33,8 +46,14 @@ class TransformerConfig(MCoreTransformerConfig):
             )
         if self.qk_layernorm_scope == "layer":
             self._validate_layer_scope_qk_layernorm()
+        if self.moe_router_keep_in_fp32 and self.moe_router_dtype != "fp32":
+            raise ValueError(
+                "moe_router_keep_in_fp32 needs moe_router_dtype='fp32' (the gating GEMM then runs "
+                f"on fp32 operands), got moe_router_dtype={self.moe_router_dtype!r}."
+            )
 
     def _validate_layer_scope_qk_layernorm(self):
+        """Checks of ``qk_layernorm_scope='layer'`` against the rest of the config."""
         if not self.qk_layernorm:
             raise ValueError("qk_layernorm_scope='layer' requires qk_layernorm=True.")
         if self.qk_l2_norm:
@@ -68,3 +87,9 @@ class TransformerConfig(MCoreTransformerConfig):
                 f"qk_layernorm_scope='layer' needs num_query_groups ({groups}) divisible by "
                 f"tensor_model_parallel_size ({tp})."
             )
+
+
+if megatron_core_is_native():
+    # megatron-core declares these fields and checks itself: use its class, so that core's
+    # SelfAttention, router and argument factory see exactly the class they were written for.
+    TransformerConfig = MCoreTransformerConfig  # noqa: F811

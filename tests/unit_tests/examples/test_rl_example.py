@@ -127,6 +127,7 @@ class TestDryRun:
         assert "--spec megatron.minimax.rl.spec get_minimax_m2_spec" in joined
         assert "--moe-router-bias-update-rate 0" in joined
         assert "--qk-layernorm" in train and "--qk-layernorm-scope" not in train
+        assert "--moe-router-dtype" in train and "--moe-router-keep-in-fp32" not in train
         assert "--pipeline-model-parallel-size 2 --expert-model-parallel-size 2" in joined
         assert f"--ref-load {env['MCORE_DIR']}" in joined
         assert f"--hf-checkpoint {env['HF_DIR']}" in joined

@@ -2,7 +2,8 @@
 """The ``--spec`` entry points, called the way slime/miles and megatron-training call them.
 
 The slime path is reproduced end to end in one gloo process: the MiniMax-M2 flags from
-``minimax_m2_training_flags`` without ``--qk-layernorm-scope`` (slime's parser does not know it),
+``minimax_m2_training_flags`` without ``--qk-layernorm-scope`` and ``--moe-router-keep-in-fp32``
+(slime's parser, on stock megatron-core, knows neither),
 megatron-training's parser, the stock ``core_transformer_config_from_args``, then
 ``fn(args, config, vp_stage)``, ``GPTModel`` and megatron-core's MTP spec derivation, as in slime's
 ``model_provider``. The model, filled with the HF weights, must give transformers' logits.
@@ -44,6 +45,7 @@ def _slime_args_and_config(hf_config, mtp_num_layers=None):
     scope = argv.index("--qk-layernorm-scope")
     assert argv[scope + 1] == "layer"
     del argv[scope : scope + 2]
+    argv.remove("--moe-router-keep-in-fp32")
     # CPU-only: no Apex fused weight-gradient kernel, CPU parameter init.
     cpu = ["--use-cpu-initialization", "--no-gradient-accumulation-fusion"]
     args = parse_training_args(required_run_flags(model_args) + argv + cpu)

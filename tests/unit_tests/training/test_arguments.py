@@ -1,11 +1,13 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
-"""Command line -> configs: ``--qk-layernorm-scope`` reaches our ``TransformerConfig``."""
+"""Command line -> configs: ``--qk-layernorm-scope`` and ``--moe-router-keep-in-fp32`` reach our
+``TransformerConfig`` (megatron-core's own on a native megatron-core)."""
 
 import argparse
 import dataclasses
 
 import pytest
 
+from megatron.minimax.native_core import NATIVE_CONFIG_FIELDS, megatron_core_is_native
 from megatron.minimax.training.arguments import (
     ARGUMENT_GROUP_TITLE,
     add_minimax_args,
@@ -38,16 +40,31 @@ def _config(argv, world_size=1):
 
 
 class TestArgumentGroup:
-    def test_flag_is_generated_from_the_config_field(self):
-        parser = add_minimax_args(argparse.ArgumentParser())
-        (group,) = [g for g in parser._action_groups if g.title == ARGUMENT_GROUP_TITLE]
-        (action,) = group._group_actions  # only the field our subclass adds
-        field = {f.name: f for f in dataclasses.fields(TransformerConfig)}["qk_layernorm_scope"]
-        assert action.option_strings == ["--qk-layernorm-scope"]
-        assert action.dest == field.name
-        assert tuple(action.choices) == ("head", "layer")
-        assert action.default == field.default == "head"
-        assert action.help.startswith("Which features one QK norm statistic covers")
+    def test_flags_are_generated_from_the_config_fields(self):
+        from megatron.training.arguments import add_megatron_arguments
+
+        parser = add_minimax_args(add_megatron_arguments(argparse.ArgumentParser()))
+        ours = [g for g in parser._action_groups if g.title == ARGUMENT_GROUP_TITLE]
+        if megatron_core_is_native():
+            # megatron-training's ArgumentGroupFactory generates them from core's own fields.
+            assert ours == []
+        else:
+            (group,) = ours
+            assert sorted(a.dest for a in group._group_actions) == sorted(NATIVE_CONFIG_FIELDS)
+        actions = {a.dest: a for a in parser._actions}
+        fields = {f.name: f for f in dataclasses.fields(TransformerConfig)}
+
+        scope = actions["qk_layernorm_scope"]
+        assert scope.option_strings == ["--qk-layernorm-scope"]
+        assert tuple(scope.choices) == ("head", "layer")
+        assert scope.default == fields["qk_layernorm_scope"].default == "head"
+        assert scope.help.startswith("Which features one QK norm statistic covers")
+
+        keep = actions["moe_router_keep_in_fp32"]
+        assert keep.option_strings == ["--moe-router-keep-in-fp32"]
+        assert keep.default is fields["moe_router_keep_in_fp32"].default is False
+        assert keep.nargs == 0  # a store_true switch
+        assert keep.help.startswith("Keep the MoE router's gate weight")
 
     def test_help_prints_with_megatron_flags(self):
         from megatron.training.arguments import add_megatron_arguments
@@ -56,6 +73,7 @@ class TestArgumentGroup:
         add_minimax_args(add_megatron_arguments(parser))
         text = parser.format_help()  # megatron-core 0.19.2 alone raises on a stray '%'
         assert "--qk-layernorm-scope {head,layer}" in text
+        assert "--moe-router-keep-in-fp32" in text
         assert "default 100%" in text
 
     def test_unknown_scope_is_rejected_by_the_parser(self):
@@ -73,6 +91,7 @@ class TestConfigFromArgs:
         config = _config(TINY_MODEL_ARGS + CPU_RUN_ARGS)
         assert type(config) is TransformerConfig
         assert config.qk_layernorm and config.qk_layernorm_scope == "layer"
+        assert config.moe_router_keep_in_fp32 is True
         # Neighbouring MiniMax options come through the stock flags.
         assert config.moe_router_dtype == "fp32"
         assert config.moe_router_score_function == "sigmoid"
@@ -82,6 +101,11 @@ class TestConfigFromArgs:
     def test_default_scope_is_head(self):
         config = _config(_without(TINY_MODEL_ARGS, "--qk-layernorm-scope") + CPU_RUN_ARGS)
         assert config.qk_layernorm_scope == "head"
+
+    def test_keep_in_fp32_is_off_without_the_flag(self):
+        config = _config(_without(TINY_MODEL_ARGS, "--moe-router-keep-in-fp32") + CPU_RUN_ARGS)
+        assert config.moe_router_keep_in_fp32 is False
+        assert config.moe_router_dtype == "fp32"
 
     def test_gpt_model_config_uses_our_builder(self):
         args = parse_training_args(TINY_MODEL_ARGS + CPU_RUN_ARGS)
@@ -100,6 +124,11 @@ class TestConfigFromArgs:
 
 
 class TestValidation:
+    def test_keep_in_fp32_requires_fp32_router_dtype(self):
+        argv = _without(TINY_MODEL_ARGS, "--moe-router-dtype") + CPU_RUN_ARGS
+        with pytest.raises(ValueError, match=r"moe_router_keep_in_fp32 needs moe_router_dtype"):
+            _config(argv)
+
     def test_layer_scope_requires_qk_layernorm(self):
         with pytest.raises(ValueError, match=r"requires qk_layernorm=True"):
             _config(_without(TINY_MODEL_ARGS, "--qk-layernorm") + CPU_RUN_ARGS)

@@ -27,6 +27,7 @@ TINY_MODEL_ARGS = [
     "--moe-router-score-function", "sigmoid",
     "--moe-router-enable-expert-bias",
     "--moe-router-dtype", "fp32",
+    "--moe-router-keep-in-fp32",
     "--moe-router-load-balancing-type", "none",
     "--moe-token-dispatcher-type", "alltoall",
     "--normalization", "RMSNorm",

@@ -1,5 +1,10 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
-"""``megatron.minimax.transformer.TransformerConfig``: the ``qk_layernorm_scope`` option."""
+"""``megatron.minimax.transformer.TransformerConfig``: the ``qk_layernorm_scope`` and
+``moe_router_keep_in_fp32`` options.
+
+``make test-native`` runs this module against megatron-core patched by the native series, where
+the class is megatron-core's own and the same checks must hold.
+"""
 
 import dataclasses
 
@@ -8,6 +13,7 @@ from megatron.core.transformer.transformer_config import (
     TransformerConfig as MCoreTransformerConfig,
 )
 
+from megatron.minimax.native_core import NATIVE_CONFIG_FIELDS, megatron_core_is_native
 from megatron.minimax.transformer.transformer_config import TransformerConfig
 
 LAYER_SCOPE = dict(
@@ -37,11 +43,16 @@ class TestQkLayernormScopeDefault:
         config = TransformerConfig(num_layers=2, hidden_size=64, num_attention_heads=8)
         assert config.qk_layernorm_scope == "head"
 
-    def test_is_a_megatron_core_config_with_one_extra_field(self):
+    def test_is_a_megatron_core_config_with_the_native_fields(self):
         ours = {f.name for f in dataclasses.fields(TransformerConfig)}
         upstream = {f.name for f in dataclasses.fields(MCoreTransformerConfig)}
-        assert issubclass(TransformerConfig, MCoreTransformerConfig)
-        assert ours - upstream == {"qk_layernorm_scope"}
+        assert set(NATIVE_CONFIG_FIELDS) == {"qk_layernorm_scope", "moe_router_keep_in_fp32"}
+        assert set(NATIVE_CONFIG_FIELDS) <= ours
+        if megatron_core_is_native():
+            assert TransformerConfig is MCoreTransformerConfig
+        else:
+            assert issubclass(TransformerConfig, MCoreTransformerConfig)
+            assert ours - upstream == set(NATIVE_CONFIG_FIELDS)
 
     def test_head_scope_skips_layer_scope_checks(self):
         # LayerNorm QK norm and per-head statistics are fine with the stock scope.
@@ -107,3 +118,29 @@ class TestLayerScopeValidation:
         message = str(info.value)
         assert "num_attention_heads (12)" in message
         assert "tensor_model_parallel_size (8)" in message
+
+
+ROUTER = dict(
+    num_layers=2,
+    hidden_size=64,
+    num_attention_heads=8,
+    num_moe_experts=4,
+    moe_router_topk=2,
+    moe_ffn_hidden_size=32,
+)
+
+
+class TestMoeRouterKeepInFp32:
+    def test_default_is_off(self):
+        assert TransformerConfig(**ROUTER).moe_router_keep_in_fp32 is False
+
+    def test_with_fp32_router_dtype(self):
+        config = TransformerConfig(**ROUTER, moe_router_dtype="fp32", moe_router_keep_in_fp32=True)
+        assert config.moe_router_keep_in_fp32 is True
+
+    @pytest.mark.parametrize("router_dtype", [None, "fp64"])
+    def test_refused_without_fp32_router_dtype(self, router_dtype):
+        with pytest.raises(ValueError) as info:
+            TransformerConfig(**ROUTER, moe_router_dtype=router_dtype, moe_router_keep_in_fp32=True)
+        message = str(info.value)
+        assert "moe_router_keep_in_fp32" in message and repr(router_dtype) in message

@@ -2,16 +2,19 @@
 """GPT decoder and MTP block specs that honour this package's config options.
 
 These wrap megatron-core's ``get_gpt_decoder_block_spec``/``get_gpt_mtp_block_spec`` and swap
-only the submodules that an option changes:
+only the submodules that an option changes. On stock megatron-core:
 
 * ``qk_layernorm_scope='layer'``: ``q_layernorm``/``k_layernorm`` become
   :class:`~megatron.minimax.transformer.full_dim_qk_norm.FullDimQKRMSNorm` builders.
-* ``moe_router_dtype='fp32'``: the MoE router becomes
+* ``moe_router_keep_in_fp32``: the MoE router becomes
   :class:`~megatron.minimax.transformer.moe.fp32_router.FP32TopKRouter`, whose gate stays fp32.
-* local (non-TE) backend with RMSNorm: layer, final and MTP norms become the sequence-parallel
-  capable :class:`~megatron.minimax.transformer.rms_norm.RMSNorm`.
 
-Upstream, each swap is a branch in the corresponding megatron-core getter.
+Where megatron-core has these options natively (:mod:`megatron.minimax.native_core`), its
+``SelfAttention`` and router implement them and these two swaps are not made. Always:
+
+* local (non-TE) backend with RMSNorm: layer, final and MTP norms become the sequence-parallel
+  capable :class:`~megatron.minimax.transformer.rms_norm.RMSNorm` (megatron-core's local
+  ``WrappedTorchNorm`` refuses sequence parallelism).
 """
 
 import dataclasses
@@ -24,13 +27,26 @@ from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import TransformerBlockSubmodules
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron.minimax.native_core import megatron_core_is_native
 from megatron.minimax.transformer.full_dim_qk_norm import FullDimKRMSNorm, FullDimQRMSNorm
 from megatron.minimax.transformer.moe.fp32_router import FP32TopKRouter
 from megatron.minimax.transformer.rms_norm import RMSNorm
 
 
-def _uses_layer_scope_qk_norm(config: TransformerConfig) -> bool:
-    return config.qk_layernorm and getattr(config, "qk_layernorm_scope", "head") == "layer"
+def _swaps_in_full_dim_qk_norm(config: TransformerConfig) -> bool:
+    return (
+        config.qk_layernorm
+        and getattr(config, "qk_layernorm_scope", "head") == "layer"
+        and not megatron_core_is_native()
+    )
+
+
+def _swaps_in_fp32_router(config: TransformerConfig) -> bool:
+    return (
+        bool(config.num_moe_experts)
+        and getattr(config, "moe_router_keep_in_fp32", False)
+        and not megatron_core_is_native()
+    )
 
 
 def _uses_local_rms_norm(config: TransformerConfig, use_transformer_engine: bool) -> bool:
@@ -54,14 +70,14 @@ def _customize_layer_spec(
     submodules = layer_spec.submodules
     changes = {}
 
-    if _uses_layer_scope_qk_norm(config):
+    if _swaps_in_full_dim_qk_norm(config):
         attention = submodules.self_attention
         attention_submodules = dataclasses.replace(
             attention.submodules, q_layernorm=FullDimQRMSNorm, k_layernorm=FullDimKRMSNorm
         )
         changes["self_attention"] = dataclasses.replace(attention, submodules=attention_submodules)
 
-    if config.num_moe_experts and config.moe_router_dtype == "fp32":
+    if _swaps_in_fp32_router(config):
         changes["mlp"] = _with_fp32_router(submodules.mlp)
 
     if _uses_local_rms_norm(config, use_transformer_engine):

@@ -243,6 +243,7 @@ def minimax_m2_config_from_hf(
         moe_router_topk_scaling_factor=None,
         moe_router_num_groups=None,
         moe_router_dtype="fp32",
+        moe_router_keep_in_fp32=True,
     )
     locked = sorted(set(architecture) & set(overrides))
     if locked:

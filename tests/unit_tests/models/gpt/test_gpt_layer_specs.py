@@ -58,7 +58,9 @@ def _config(**changes) -> TransformerConfig:
     return TransformerConfig(**{**base, **changes})
 
 
-LAYER_SCOPE = dict(qk_layernorm_scope="layer", moe_router_dtype="fp32")
+LAYER_SCOPE = dict(
+    qk_layernorm_scope="layer", moe_router_dtype="fp32", moe_router_keep_in_fp32=True
+)
 
 
 def _router_of(layer_spec):
@@ -94,13 +96,14 @@ class TestDecoderBlockSpec:
             assert _attention(layer_spec).q_layernorm is FullDimQRMSNorm
             assert _attention(layer_spec).k_layernorm is FullDimKRMSNorm
 
-    def test_fp32_router_dtype_uses_fp32_router(self):
+    def test_keep_in_fp32_uses_fp32_router(self):
         block = specs.get_gpt_decoder_block_spec(_config(**LAYER_SCOPE), False, pp_rank=0)
         for layer_spec in block.layer_specs:
             assert _router_of(layer_spec) is FP32TopKRouter
 
-    @pytest.mark.parametrize("router_dtype", [None, "fp64"])
-    def test_other_router_dtypes_keep_stock_router(self, router_dtype):
+    @pytest.mark.parametrize("router_dtype", [None, "fp32", "fp64"])
+    def test_without_keep_in_fp32_the_router_is_stock(self, router_dtype):
+        # moe_router_dtype alone only sets the gating GEMM's output dtype, as upstream.
         config = _config(qk_layernorm_scope="layer", moe_router_dtype=router_dtype)
         block = specs.get_gpt_decoder_block_spec(config, False, pp_rank=0)
         for layer_spec in block.layer_specs:

@@ -1,5 +1,10 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
-"""FP32TopKRouter keeps its gate weight and routing buffers fp32 inside a bf16 model.
+"""``moe_router_keep_in_fp32``: the router keeps its gate weight and routing buffers fp32 inside
+a bf16 model.
+
+On stock megatron-core the spec builds ``FP32TopKRouter``; on a megatron-core carrying the native
+patch series, megatron-core's own ``TopKRouter`` does it. The same assertions hold on both paths
+(``make test-native`` runs this module against the patched tree).
 
 All cases need Megatron's parallel state, so they run in one single-process gloo launch shared by
 the module; the tests assert on what it returns.
@@ -19,7 +24,7 @@ NOT_BF16 = 1.0 + 2.0**-10
 NOT_BF16_COUNT = 257.0
 
 
-def _config(router_dtype="fp32"):
+def _config(keep_in_fp32=True):
     from megatron.minimax.transformer.transformer_config import TransformerConfig
 
     return TransformerConfig(
@@ -36,7 +41,8 @@ def _config(router_dtype="fp32"):
         moe_router_enable_expert_bias=True,
         moe_router_load_balancing_type="none",
         moe_aux_loss_coeff=0.0,
-        moe_router_dtype=router_dtype,
+        moe_router_dtype="fp32" if keep_in_fp32 else None,
+        moe_router_keep_in_fp32=keep_in_fp32,
         normalization="RMSNorm",
         layernorm_epsilon=1e-6,
         qk_layernorm=True,
@@ -55,13 +61,23 @@ def _config(router_dtype="fp32"):
     )
 
 
-def _build(router_dtype="fp32"):
+def _fp32_router_class():
+    """The router class that keeps fp32: ours on stock megatron-core, core's when native."""
+    from megatron.core.transformer.moe.router import TopKRouter
+
+    from megatron.minimax.native_core import megatron_core_is_native
+    from megatron.minimax.transformer.moe.fp32_router import FP32TopKRouter
+
+    return TopKRouter if megatron_core_is_native() else FP32TopKRouter
+
+
+def _build(keep_in_fp32=True):
     from megatron.core.models.gpt import GPTModel
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
     from megatron.minimax.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
 
-    config = _config(router_dtype)
+    config = _config(keep_in_fp32)
     torch.manual_seed(SEED)
     model_parallel_cuda_manual_seed(SEED)
     model = GPTModel(
@@ -190,11 +206,9 @@ def _stock_router_case(out):
     from megatron.core.transformer.moe.moe_utils import get_default_pg_collection
     from megatron.core.transformer.moe.router import TopKRouter
 
-    from megatron.minimax.transformer.moe.fp32_router import FP32TopKRouter
-
     # Whole models: the fp32 router draws exactly what the stock router draws.
-    _, fp32_model = _build("fp32")
-    stock_config, stock_model = _build(None)
+    _, fp32_model = _build(True)
+    stock_config, stock_model = _build(False)
     fp32_state = dict(fp32_model.named_parameters())
     out["stock_model"] = {
         "router_type": type(stock_model.decoder.layers[0].mlp.router).__name__,
@@ -219,11 +233,10 @@ def _stock_router_case(out):
     )
 
     # Bare routers under the same seed.
-    config = _config()
     torch.manual_seed(SEED)
-    stock = TopKRouter(config=config, pg_collection=get_default_pg_collection())
+    stock = TopKRouter(config=_config(False), pg_collection=get_default_pg_collection())
     torch.manual_seed(SEED)
-    fp32 = FP32TopKRouter(config=config, pg_collection=get_default_pg_collection())
+    fp32 = _fp32_router_class()(config=_config(True), pg_collection=get_default_pg_collection())
     out["bare_routers"] = {
         "stock_dtype": stock.weight.dtype,
         "fp32_dtype": fp32.weight.dtype,
@@ -238,8 +251,10 @@ def _stock_router_case(out):
 def _worker(rank, world_size):
     from megatron.core import parallel_state
 
+    from megatron.minimax.native_core import megatron_core_is_native
+
     parallel_state.initialize_model_parallel()
-    out = {}
+    out = {"native": megatron_core_is_native(), "fp32_router_type": _fp32_router_class().__name__}
     _float16_module_case(out)
     _gradient_case(out)
     _stock_router_case(out)
@@ -269,7 +284,8 @@ def _expected_router_names():
 class TestFP32TopKRouterInBf16Model:
     def test_router_is_fp32_router_and_fp32_at_construction(self, results):
         before = results["before_wrap"]
-        assert before["router_type"] == "FP32TopKRouter"
+        assert before["router_type"] == results["fp32_router_type"]
+        assert before["router_type"] == ("TopKRouter" if results["native"] else "FP32TopKRouter")
         router, other = _split(before["dtypes"])
         assert set(router) == _expected_router_names()
         assert set(router.values()) == {torch.float32}
@@ -340,6 +356,9 @@ class TestFP32TopKRouterMatchesStockRouter:
         # Same RNG draws: every later parameter is initialised identically.
         assert stock["other_params_equal"] is True
 
-    def test_stock_router_buffers_are_cast_by_float16_module(self, results):
-        # What FP32TopKRouter prevents: upstream's fp32 expert_bias becomes bf16.
-        assert results["stock_model"]["wrapped_expert_bias_dtype"] == torch.bfloat16
+    def test_router_buffers_without_keep_in_fp32(self, results):
+        # Stock megatron-core 0.19 casts the router's fp32 buffers with the model (the expert bias
+        # is re-forced to fp32 only in forward); the native series keeps a router's fp32 buffers
+        # fp32 whatever moe_router_keep_in_fp32 says.
+        expected = torch.float32 if results["native"] else torch.bfloat16
+        assert results["stock_model"]["wrapped_expert_bias_dtype"] == expected

@@ -1,0 +1,1 @@
+"""Tensor-parallel communication ops (upstream: ``megatron.core.tensor_parallel``)."""
