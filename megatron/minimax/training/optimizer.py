@@ -51,8 +51,9 @@ class Float16OptimizerWithFloat16Params(_MCoreOptimizer):
         is_loading: bool = False,
         metadata: Optional[dict] = None,
     ):
-        """Like upstream, with optimizer-state numbers mapped to model parameters in the order
-        torch numbers them (every parameter of every group, main copies and fp32 params)."""
+        """Sharded state of the optimizer, with optimizer-state ids mapped to model parameters in
+        the order torch numbers them: every parameter of every group, the fp32 main copies of
+        float16 parameters and the fp32 parameters optimized in place alike."""
         if is_loading:
             self.init_state_fn(self.optimizer, self.config)
 

@@ -35,8 +35,8 @@ class TransformerConfig(MCoreTransformerConfig):
     """Keep the MoE router's gate weight (and bias) in fp32 when the model is bf16/fp16: they are
     not cast to params_dtype, Float16Module leaves them alone, the gating GEMM takes fp32 operands,
     and the weight gets an fp32 gradient, optimizer update and checkpoint entry. Requires
-    moe_router_dtype='fp32'. Models released with an fp32 gate (MiniMax-M2, DeepSeek-V3) then train
-    and route as they are served."""
+    moe_router_dtype='fp32'. A model released with an fp32 gate (MiniMax-M2) then trains and routes
+    as it is served."""
 
     def __post_init__(self):
         super().__post_init__()

@@ -12,8 +12,6 @@ The specs use this class on stock megatron-core. ``_apply`` and ``_tensors_kept_
 the source of the native patch series, which adds them to megatron-core's ``Router``.
 """
 
-from typing import Callable, List
-
 import torch
 
 from megatron.core.transformer.moe.moe_utils import router_gating_linear
@@ -39,7 +37,7 @@ class FP32TopKRouter(TopKRouter):
         if self.bias is not None:
             setattr(self.bias, "sequence_parallel", self.config.sequence_parallel)
 
-    def _tensors_kept_in_fp32(self) -> List[torch.Tensor]:
+    def _tensors_kept_in_fp32(self) -> list[torch.Tensor]:
         """This module's own tensors that dtype conversions leave in fp32: its fp32 buffers
         (expert bias, token counters, which a bf16 copy would saturate) and, with
         ``moe_router_keep_in_fp32``, its fp32 gate weight and bias."""
@@ -50,7 +48,7 @@ class FP32TopKRouter(TopKRouter):
             ]
         return kept
 
-    def _apply(self, fn: Callable, recurse: bool = True):
+    def _apply(self, fn, recurse=True):
         # Float16Module converts the model with module.bfloat16()/half(), which reaches every
         # tensor through _apply. Keep the dtype of the tensors listed by _tensors_kept_in_fp32
         # (and of their grads), but follow device moves.
