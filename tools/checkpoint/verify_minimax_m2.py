@@ -122,6 +122,7 @@ def main(argv=None) -> int:
     status = 0
     if rank == 0:
         from megatron.minimax.models.minimax_m2.hf_reference import hf_logits, load_hf_reference_model
+        from megatron.minimax.native_core import describe_megatron_core
 
         reference = hf_logits(
             load_hf_reference_model(args.hf_dir, round_to=rounding), tokens
@@ -130,6 +131,7 @@ def main(argv=None) -> int:
         ok = result.ok(args.logits_atol, args.loss_atol)
         source = args.load_dir if args.load_dir else args.hf_dir
         print(
+            f"{describe_megatron_core()}\n"
             f"layout {layout} ({world_size} processes), tokens {list(tokens.shape)}, "
             f"weights from {source}\n"
             f"  max |logit diff|  {result.max_abs_diff:.3e}  (tolerance {args.logits_atol:g})\n"

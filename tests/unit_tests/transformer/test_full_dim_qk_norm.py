@@ -1,6 +1,9 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
 """FullDimQKRMSNorm against a single-device reference at TP=1/2/4, SP on and off.
 
+The norm under test is the one models are built with: this package's on stock megatron-core, and
+megatron-core's own where the native series made it native (``make test-native``).
+
 Each case runs the norm on this rank's heads, reduces the weight gradient with megatron-core's
 own ``_allreduce_non_tensor_model_parallel_grads`` (the rule that sums ``q_layernorm`` /
 ``k_layernorm`` / ``sequence_parallel`` gradients over TP), and compares forward output, input
@@ -17,6 +20,17 @@ WORLD_SIZE = 4
 FP32_TOL = 2e-6
 # (TP, sequence parallel); megatron-core refuses SP without TP.
 LAYOUTS = [(1, False), (2, False), (2, True), (4, False), (4, True)]
+
+
+def _norm_module():
+    """The module holding the FullDimQKRMSNorm that models use in this environment."""
+    from megatron.minimax.native_core import megatron_core_is_native
+
+    if megatron_core_is_native():
+        import megatron.core.transformer.full_dim_qk_norm as qk
+    else:
+        import megatron.minimax.transformer.full_dim_qk_norm as qk
+    return qk
 
 
 def _reference(x, w, grad_out):
@@ -48,9 +62,9 @@ def _run_case(tp, sp, projection, broken_all_reduce=False):
         _allreduce_non_tensor_model_parallel_grads,
     )
 
-    import megatron.minimax.transformer.full_dim_qk_norm as qk
     from megatron.minimax.transformer.transformer_config import TransformerConfig
 
+    qk = _norm_module()
     parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=tp)
     tp_group = parallel_state.get_tensor_model_parallel_group()
@@ -114,7 +128,7 @@ def _run_case(tp, sp, projection, broken_all_reduce=False):
 
 
 def _all_cases(rank, world_size):
-    results = {}
+    results = {"module": _norm_module().__name__}
     for tp, sp in LAYOUTS:
         for projection in ("query", "key"):
             results[(tp, sp, projection)] = _run_case(tp, sp, projection)
@@ -128,9 +142,9 @@ def _count_forward_bytes(rank, world_size):
     import torch.distributed as dist
     from megatron.core import parallel_state
 
-    from megatron.minimax.transformer.full_dim_qk_norm import FullDimKRMSNorm, FullDimQRMSNorm
     from megatron.minimax.transformer.transformer_config import TransformerConfig
 
+    qk = _norm_module()
     parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=world_size)
     config = TransformerConfig(
@@ -146,8 +160,9 @@ def _count_forward_bytes(rank, world_size):
         sequence_parallel=True,
         use_cpu_initialization=True,
     )
-    q_norm = FullDimQRMSNorm(config=config, hidden_size=HEAD_DIM, eps=EPS)
-    k_norm = FullDimKRMSNorm(config=config, hidden_size=HEAD_DIM, eps=EPS)
+    tp_group = parallel_state.get_tensor_model_parallel_group()
+    q_norm = qk.FullDimQKRMSNorm(config, HEAD_DIM, EPS, projection="query", tp_group=tp_group)
+    k_norm = qk.FullDimQKRMSNorm(config, HEAD_DIM, EPS, projection="key", tp_group=tp_group)
     sent = {"bytes": 0, "calls": 0}
     collectives = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor")
     originals = {name: getattr(dist, name) for name in collectives}
@@ -195,8 +210,18 @@ class TestFullDimQKRMSNorm:
             r["sequence_parallel_tag"]
             for results in case_results
             for key, r in results.items()
-            if key[0] != "broken"
+            if key != "module" and key[0] != "broken"
         )
+
+    def test_the_norm_under_test_is_the_live_one(self, case_results):
+        from megatron.minimax.native_core import megatron_core_is_native
+
+        expected = (
+            "megatron.core.transformer.full_dim_qk_norm"
+            if megatron_core_is_native()
+            else "megatron.minimax.transformer.full_dim_qk_norm"
+        )
+        assert {results["module"] for results in case_results} == {expected}
 
     @pytest.mark.parametrize("tp", [2, 4])
     def test_non_differentiable_all_reduce_is_caught(self, case_results, tp):

@@ -12,6 +12,7 @@ from megatron.minimax.models.gpt.gpt_layer_specs import (
     get_gpt_mtp_block_spec,
 )
 from megatron.minimax.models.minimax_m2.hf_config import GPTModelArgs, padded_vocab_size
+from megatron.minimax.native_core import log_megatron_core_path
 
 try:
     import transformer_engine  # noqa: F401  pylint: disable=unused-import
@@ -43,6 +44,7 @@ def build_minimax_m2_model(
     The vocabulary is padded as :func:`~megatron.minimax.models.minimax_m2.hf_config.
     padded_vocab_size` says: to a multiple of 128, the same at every TP size.
     """
+    log_megatron_core_path()
     if use_transformer_engine is None:
         use_transformer_engine = HAVE_TE and config.transformer_impl == "transformer_engine"
     if pre_process is None:
