@@ -44,7 +44,6 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
-import torch.distributed
 from torch.distributed.checkpoint import FileSystemReader, load
 from torch.distributed.checkpoint.metadata import (
     ChunkStorageMetadata,
@@ -58,7 +57,7 @@ from megatron.minimax.checkpoint.dist_checkpoint_layout import (
     CheckpointChunk,
     CheckpointUnit,
     dist_checkpoint_layout,
-    init_single_process_group,
+    single_process_group,
 )
 from megatron.minimax.checkpoint.fp8_blockwise import (
     dequantize_blockwise,
@@ -74,7 +73,6 @@ from megatron.minimax.checkpoint.hf_checkpoint import (
     HFCheckpoint,
     find_nonfinite,
 )
-from megatron.minimax.checkpoint.hf_to_mcore import _release_single_process_group
 from megatron.minimax.checkpoint.output_dir import atomic_output_dir, free_bytes
 from megatron.minimax.models.conversion.mappings import (
     MappingContext,
@@ -752,15 +750,9 @@ def convert_mcore_to_hf(
         stats.dropped_mtp_tensors = len(mtp_keys)
     _check_config(config, reader, config_path)
 
-    # The group is only needed to build the (meta) model for the layout; one created here is
-    # destroyed again, as a group left behind breaks the caller's later fork()ed workers.
-    created_group = not torch.distributed.is_initialized()
-    init_single_process_group()
-    try:
+    # The group is only needed to build the (meta) model for the layout.
+    with single_process_group():
         layout = dist_checkpoint_layout(config, dtype)
-    finally:
-        if created_group:
-            _release_single_process_group()
     units = _match_layout(layout.units, reader, config_path)
     expected_keys = {c.key for u in units for c in u.chunks}
     unexpected = sorted(set(model_keys) - expected_keys - set(mtp_keys))

@@ -135,8 +135,7 @@ def modified_mcore(mcore_fp8, tiny_fp8_checkpoint, work):
     dist_checkpointing.save (world size 1)."""
     from megatron.core import dist_checkpointing
 
-    from megatron.minimax.checkpoint.dist_checkpoint_layout import init_single_process_group
-    from megatron.minimax.checkpoint.hf_to_mcore import _release_single_process_group
+    from megatron.minimax.checkpoint.dist_checkpoint_layout import single_process_group
     from megatron.minimax.models.minimax_m2.parity import (
         build_from_dist_checkpoint,
         initialize_layout,
@@ -144,8 +143,8 @@ def modified_mcore(mcore_fp8, tiny_fp8_checkpoint, work):
 
     root = work / "mcore_modified"
     (root / "release").mkdir(parents=True)
-    init_single_process_group()
-    try:
+    # In this process: the block leaves no group, state or CPU shim behind for later tests.
+    with single_process_group():
         initialize_layout(ParallelLayout())
         config = HFCheckpoint(tiny_fp8_checkpoint).config
         model = build_from_dist_checkpoint(
@@ -157,9 +156,6 @@ def modified_mcore(mcore_fp8, tiny_fp8_checkpoint, work):
             fc2.mul_(_row_factors(fc2.shape[0]))
             model.decoder.final_layernorm.weight[3] = float("nan")
         dist_checkpointing.save(model.sharded_state_dict(), str(root / "release"))
-    finally:
-        # Forked multi-process tests later in the session need this process without a group.
-        _release_single_process_group()
     (root / "latest_checkpointed_iteration.txt").write_text("release")
     return root
 
