@@ -19,12 +19,9 @@ import torch
 from megatron.minimax.checkpoint.fp8_blockwise import dequantize_blockwise
 from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError, HFCheckpoint
 from megatron.minimax.checkpoint.hf_to_mcore import convert_hf_to_mcore
-from megatron.minimax.checkpoint.mcore_to_hf import (
-    RELEASE_QUANTIZATION_CONFIG,
-    convert_mcore_to_hf,
-    parse_size,
-)
+from megatron.minimax.checkpoint.mcore_to_hf import convert_mcore_to_hf, parse_size
 from megatron.minimax.models.minimax_m2.parity import ParallelLayout
+from megatron.minimax.models.minimax_m2.weight_mapping import RELEASE_QUANTIZATION_CONFIG
 from megatron.minimax.testing.distributed import run_in_processes
 
 TOOL = Path(__file__).resolve().parents[3] / "tools" / "checkpoint" / "convert_minimax_m2.py"
