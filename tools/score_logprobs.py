@@ -33,7 +33,7 @@ from megatron.minimax import launch
 from megatron.minimax.launch import (
     TOKEN_MASK_KEYS,
     add_parity_layout_arguments,
-    init_distributed,
+    distributed_process_group,
     parity_layout_from_args,
     read_tokens_file,
 )
@@ -99,7 +99,7 @@ def fail(message: str) -> NoReturn:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError, HFCheckpoint
-    from megatron.minimax.models.minimax_m2 import logprobs, parity
+    from megatron.minimax.models.minimax_m2 import logprobs
 
     try:
         checkpoint = HFCheckpoint(args.hf_dir)
@@ -125,7 +125,15 @@ def main(argv=None) -> int:
             f"--tp ({layout.tp}); pass --no-sequence-parallel or other tokens"
         )
 
-    init_distributed()
+    with distributed_process_group():
+        return _score(args, checkpoint, layout, tokens, scored)
+
+
+def _score(args, checkpoint, layout, tokens, scored) -> int:
+    from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError
+    from megatron.minimax.models.minimax_m2 import logprobs, parity
+
+    hf_config = checkpoint.config
     rank, world_size = dist.get_rank(), dist.get_world_size()
     try:
         layout.validate(world_size, hf_config, backend=dist.get_backend())
@@ -171,7 +179,6 @@ def main(argv=None) -> int:
             save_file(outputs, args.output)
     verdict = torch.tensor([status])
     dist.broadcast(verdict, src=0)
-    dist.destroy_process_group()
     return int(verdict.item())
 
 

@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 import warnings
-from typing import Callable, NoReturn, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Iterator, NoReturn, Optional, Sequence, Tuple, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -23,25 +23,53 @@ TOKEN_MASK_KEYS = ("loss_mask", "response_mask")
 """Optional [batch, seq] 0/1 masks a tokens file may carry (at most one)."""
 
 
-def init_distributed() -> None:
-    """Join the torchrun process group (or a one-process group when run without torchrun):
-    nccl on GPU; gloo on CPU, with megatron-core's CPU shims applied."""
+@contextlib.contextmanager
+def distributed_process_group() -> Iterator[None]:
+    """Join the torchrun process group for the block (a one-process group when run without
+    torchrun): nccl on GPU; gloo on CPU, with megatron-core's CPU shims applied.
+
+    On exit, megatron-core's model-parallel state and the group are destroyed, the shims
+    restored and the launch variables set here removed, so the calling process is left as it
+    was. The shims are scoped to the block (and the thread that entered it).
+    """
+    added_env = {}
     if "RANK" not in os.environ:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        added_env = dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         if "MASTER_PORT" not in os.environ:
             import socket
 
             with socket.socket() as s:
                 s.bind(("127.0.0.1", 0))
-                os.environ["MASTER_PORT"] = str(s.getsockname()[1])
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group("nccl")
-    else:
-        from megatron.minimax.testing.cpu_shims import apply_cpu_shims
+                added_env["MASTER_PORT"] = str(s.getsockname()[1])
+        os.environ.update(added_env)
+    from megatron.minimax.platform.cpu_shims import cpu_shims
 
-        apply_cpu_shims()
-        dist.init_process_group("gloo")
+    try:
+        with cpu_shims():
+            if torch.cuda.is_available():
+                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+                dist.init_process_group("nccl")
+            else:
+                dist.init_process_group("gloo")
+            try:
+                yield
+            finally:
+                leave_process_group()
+    finally:
+        for name in added_env:
+            os.environ.pop(name, None)
+
+
+def leave_process_group() -> None:
+    """Destroy megatron-core's model-parallel state (if any) and the default process group (if
+    any)."""
+    if not dist.is_initialized():
+        return
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    dist.destroy_process_group()
 
 
 def read_tokens_file(
@@ -191,8 +219,7 @@ def fail(prog: str, message: str) -> NoReturn:
     """Bad input: one line on stderr naming ``prog``, exit status 2 (the process group, if any,
     is left first)."""
     print(f"{prog}: error: {message}", file=sys.stderr, flush=True)
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    leave_process_group()
     sys.exit(2)
 
 

@@ -13,11 +13,11 @@
 # machine with a registry, for the image's Python, e.g.:
 #   pip download -d .gpu_wheels --python-version 3.12 --only-binary=:all: \
 #       "megatron-core>=0.19.2,<0.20" safetensors tqdm psutil transformers
-# Results (logs and a summary) go to $OUT (default /tmp/gpu_checks).
+# Results (logs and a summary) go to $OUT (default .gpu_checks in the repository).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-OUT=${OUT:-/tmp/gpu_checks}
+OUT=${OUT:-$REPO/.gpu_checks}
 WHEELHOUSE=${WHEELHOUSE:-$REPO/.gpu_wheels}
 PYTHON=${PYTHON:-python}
 mkdir -p "$OUT"

@@ -189,7 +189,8 @@ def _write_shard(path: Path, specs, source: _RandomBytes) -> None:
 
 def generate_checkpoint(out_dir: Path, layers: int, experts: int, seed: int = 0) -> int:
     """Writes the synthetic FP8 checkpoint; returns its tensor bytes."""
-    from megatron.minimax.testing.tiny_checkpoint import RELEASE_QUANTIZATION_CONFIG, tiny_hf_config
+    from megatron.minimax.models.minimax_m2.weight_mapping import RELEASE_QUANTIZATION_CONFIG
+    from megatron.minimax.testing.tiny_checkpoint import tiny_hf_config
 
     config = tiny_hf_config(
         **RELEASE_SHAPES, num_hidden_layers=layers, num_local_experts=experts

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from megatron.minimax import launch
 from megatron.minimax.launch import (
     add_parity_layout_arguments,
-    init_distributed,
+    distributed_process_group,
     parity_layout_from_args,
     read_tokens_file,
 )
@@ -91,16 +91,22 @@ def load_tokens(args, vocab_size: int) -> torch.Tensor:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError, HFCheckpoint
-    from megatron.minimax.models.minimax_m2 import parity
 
     try:
         checkpoint = HFCheckpoint(args.hf_dir)
         checkpoint.validate()
     except CheckpointError as e:
         fail(str(e))
-    hf_config = checkpoint.config
     layout = parity_layout_from_args(args)
-    init_distributed()
+    with distributed_process_group():
+        return _verify(args, checkpoint, layout)
+
+
+def _verify(args, checkpoint, layout) -> int:
+    from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError
+    from megatron.minimax.models.minimax_m2 import parity
+
+    hf_config = checkpoint.config
     rank, world_size = dist.get_rank(), dist.get_world_size()
     try:
         layout.validate(world_size, hf_config, backend=dist.get_backend())
@@ -149,7 +155,6 @@ def main(argv=None) -> int:
         status = 0 if ok else 1
     verdict = torch.tensor([status])
     dist.broadcast(verdict, src=0)
-    dist.destroy_process_group()
     return int(verdict.item())
 
 

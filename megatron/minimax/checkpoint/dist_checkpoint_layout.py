@@ -10,11 +10,11 @@ split a full tensor into those chunks and merge them back (megatron-core's own s
 factories).
 """
 
+import contextlib
 import dataclasses
-import os
 import socket
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.distributed
@@ -130,24 +130,56 @@ class DistCheckpointLayout:
         return out
 
 
-def init_single_process_group() -> None:
-    """A one-process gloo group and Megatron's parallel state at size 1, for model-free tools
-    that need megatron-core's model classes. No-op when a process group already exists."""
+@contextlib.contextmanager
+def single_process_group() -> Iterator[None]:
+    """For the block: a one-process gloo group and Megatron's parallel state at size 1, for
+    model-free tools that need megatron-core's model classes, with megatron-core's CPU shims
+    applied when there is no GPU.
+
+    A group or parallel state that already exists is used as it is. What the block created is
+    destroyed on exit and the shims are restored: the caller's process is left as it was (a group
+    left behind would also break the caller's later ``fork()``-ed workers).
+    """
     from megatron.core import parallel_state
 
-    if not torch.distributed.is_initialized():
-        if not torch.cuda.is_available():
-            from megatron.minimax.testing.cpu_shims import apply_cpu_shims
+    from megatron.minimax.platform.cpu_shims import cpu_shims
 
-            apply_cpu_shims()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        torch.distributed.init_process_group(
-            "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1
-        )
-    if not parallel_state.model_parallel_is_initialized():
-        parallel_state.initialize_model_parallel()
+    with cpu_shims():
+        created_group = not torch.distributed.is_initialized()
+        if created_group:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            torch.distributed.init_process_group(
+                "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1
+            )
+        created_state = not parallel_state.model_parallel_is_initialized()
+        try:
+            if created_state:
+                parallel_state.initialize_model_parallel()
+            yield
+        finally:
+            if created_state:
+                _destroy_model_parallel()
+            if created_group:
+                torch.distributed.destroy_process_group()
+
+
+def _destroy_model_parallel() -> None:
+    """megatron-core's ``destroy_model_parallel``, plus two groups it leaves referenced in 0.19
+    (``_INTRA_PARTIAL_DATA_PARALLEL_GROUP_WITH_CP`` and its ``_GLOO`` twin). A process forked
+    afterwards that re-initialises model parallelism would drop that last reference in the child,
+    whose gloo threads do not exist there, and hang; so they are cleared here, in this process.
+    """
+    from megatron.core import parallel_state
+
+    parallel_state.destroy_model_parallel()
+    for name in (
+        "_INTRA_PARTIAL_DATA_PARALLEL_GROUP_WITH_CP",
+        "_INTRA_PARTIAL_DATA_PARALLEL_GROUP_WITH_CP_GLOO",
+    ):
+        if hasattr(parallel_state, name):
+            setattr(parallel_state, name, None)
 
 
 def dist_checkpoint_layout(
@@ -157,7 +189,7 @@ def dist_checkpoint_layout(
     ``dtype`` (the router gate and expert bias are fp32 whatever ``dtype`` is).
 
     Builds the model on the meta device (no memory for weights), so it is cheap for the 229B
-    model. Needs a process group (see :func:`init_single_process_group`).
+    model. Needs a process group (see :func:`single_process_group`).
     """
     from megatron.minimax.models.conversion.model_weights import model_tensors
     from megatron.minimax.models.minimax_m2.hf_config import minimax_m2_config_from_hf

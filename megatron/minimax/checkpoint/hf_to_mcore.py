@@ -21,13 +21,12 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
-import torch.distributed
 
 from megatron.minimax.checkpoint.dist_checkpoint_layout import (
     CheckpointUnit,
     DistCheckpointLayout,
     dist_checkpoint_layout,
-    init_single_process_group,
+    single_process_group,
 )
 from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError, HFCheckpoint
 from megatron.minimax.checkpoint.output_dir import atomic_output_dir, free_bytes
@@ -85,26 +84,6 @@ def _mtp_initial_value(unit: CheckpointUnit, init_std: float, num_layers: int) -
     generator = torch.Generator().manual_seed(seed)
     value = torch.randn(unit.shape, generator=generator, dtype=torch.float32) * std
     return value.to(unit.dtype)
-
-
-def _release_single_process_group() -> None:
-    """Destroys megatron-core's model-parallel state and the default process group.
-
-    megatron-core 0.19's ``destroy_model_parallel`` leaves two groups referenced
-    (``_INTRA_PARTIAL_DATA_PARALLEL_GROUP_WITH_CP`` and its ``_GLOO`` twin). A process forked
-    afterwards that re-initialises model parallelism drops that last reference in the child,
-    whose gloo threads do not exist there, and hangs; so they are cleared here, in this process.
-    """
-    from megatron.core import parallel_state
-
-    parallel_state.destroy_model_parallel()
-    for name in (
-        "_INTRA_PARTIAL_DATA_PARALLEL_GROUP_WITH_CP",
-        "_INTRA_PARTIAL_DATA_PARALLEL_GROUP_WITH_CP_GLOO",
-    ):
-        if hasattr(parallel_state, name):
-            setattr(parallel_state, name, None)
-    torch.distributed.destroy_process_group()
 
 
 def _without_crc32() -> None:
@@ -224,15 +203,9 @@ def convert_hf_to_mcore(
     except ValueError as e:
         raise CheckpointError(f"{hf_dir / 'config.json'}: {e}") from None
 
-    # The group is only needed to build the (meta) model for the layout. One created here is
-    # destroyed again: a process group left behind breaks the caller's later fork()ed workers.
-    created_group = not torch.distributed.is_initialized()
-    init_single_process_group()
-    try:
+    # The group is only needed to build the (meta) model for the layout.
+    with single_process_group():
         layout = dist_checkpoint_layout(config, dtype, mtp_num_layers)
-    finally:
-        if created_group:
-            _release_single_process_group()
     plan = _Plan(layout, checkpoint, config)
 
     from megatron.minimax.models.minimax_m2.weight_mapping import mapping_context

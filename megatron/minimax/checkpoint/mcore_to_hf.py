@@ -15,7 +15,8 @@ FP8 rules (``fmt="fp8"``):
 
 * the tensors quantised are exactly those that have a ``weight_scale_inv`` companion in the
   reference directory; if the reference has none (a BF16 reference, or one without weights), the
-  release's set is used: attention ``q/k/v/o_proj`` and every expert ``w1/w2/w3``;
+  release's set is used, as the weight table records it (``fp8`` mappings: attention
+  ``q/k/v/o_proj`` and every expert ``w1/w2/w3``);
 * a quantised tensor whose value did not change since import, i.e. whose checkpoint value is bit
   for bit ``dequantize(reference FP8, reference scale)`` rounded to the checkpoint dtype, is written
   with the reference's own FP8 bytes and scale (byte-identical); any other is re-quantised with
@@ -44,7 +45,6 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
-import torch.distributed
 from torch.distributed.checkpoint import FileSystemReader, load
 from torch.distributed.checkpoint.metadata import (
     ChunkStorageMetadata,
@@ -58,7 +58,7 @@ from megatron.minimax.checkpoint.dist_checkpoint_layout import (
     CheckpointChunk,
     CheckpointUnit,
     dist_checkpoint_layout,
-    init_single_process_group,
+    single_process_group,
 )
 from megatron.minimax.checkpoint.fp8_blockwise import (
     dequantize_blockwise,
@@ -74,7 +74,6 @@ from megatron.minimax.checkpoint.hf_checkpoint import (
     HFCheckpoint,
     find_nonfinite,
 )
-from megatron.minimax.checkpoint.hf_to_mcore import _release_single_process_group
 from megatron.minimax.checkpoint.output_dir import atomic_output_dir, free_bytes
 from megatron.minimax.models.conversion.mappings import (
     MappingContext,
@@ -82,29 +81,9 @@ from megatron.minimax.models.conversion.mappings import (
     WeightMappingTable,
 )
 
-__all__ = [
-    "DistCheckpointReader",
-    "ExportStats",
-    "RELEASE_QUANTIZATION_CONFIG",
-    "convert_mcore_to_hf",
-    "parse_size",
-    "release_fp8_tensor",
-]
+__all__ = ["DistCheckpointReader", "ExportStats", "convert_mcore_to_hf", "parse_size"]
 
 logger = logging.getLogger(__name__)
-
-RELEASE_QUANTIZATION_CONFIG = {
-    "activation_scheme": "dynamic",
-    "fmt": "float8_e4m3fn",
-    "quant_method": "fp8",
-    "weight_block_size": [128, 128],
-    "modules_to_not_convert": ["gate", "e_score_correction_bias", "lm_head"],
-}
-"""``quantization_config`` of the released FP8 MiniMax-M2 checkpoints."""
-
-_RELEASE_FP8 = re.compile(
-    r"model\.layers\.\d+\.(self_attn\.[qkvo]_proj|block_sparse_moe\.experts\.\d+\.w[123])\.weight\Z"
-)
 
 # torch_dist keys that belong to the model (everything else, e.g. optimizer state, is ignored).
 _MODEL_KEY_PREFIXES = ("embedding.", "decoder.", "output_layer.", "mtp.")
@@ -170,12 +149,6 @@ def parse_size(text: Union[str, int]) -> int:
     if value <= 0:
         raise ValueError(f"invalid size {text!r}: must be positive")
     return value
-
-
-def release_fp8_tensor(name: str) -> bool:
-    """Whether the released FP8 checkpoints store HF tensor ``name`` in FP8 (attention
-    projections and expert matrices)."""
-    return bool(_RELEASE_FP8.match(name))
 
 
 @dataclass
@@ -714,6 +687,7 @@ def convert_mcore_to_hf(
     from megatron.minimax.models.minimax_m2.parity import resolve_dist_checkpoint_dir
     from megatron.minimax.models.minimax_m2.weight_mapping import (
         MINIMAX_M2_WEIGHTS,
+        RELEASE_QUANTIZATION_CONFIG,
         mapping_context,
     )
 
@@ -752,15 +726,9 @@ def convert_mcore_to_hf(
         stats.dropped_mtp_tensors = len(mtp_keys)
     _check_config(config, reader, config_path)
 
-    # The group is only needed to build the (meta) model for the layout; one created here is
-    # destroyed again, as a group left behind breaks the caller's later fork()ed workers.
-    created_group = not torch.distributed.is_initialized()
-    init_single_process_group()
-    try:
+    # The group is only needed to build the (meta) model for the layout.
+    with single_process_group():
         layout = dist_checkpoint_layout(config, dtype)
-    finally:
-        if created_group:
-            _release_single_process_group()
     units = _match_layout(layout.units, reader, config_path)
     expected_keys = {c.key for u in units for c in u.chunks}
     unexpected = sorted(set(model_keys) - expected_keys - set(mtp_keys))
@@ -987,18 +955,11 @@ def _plan_jobs(
         )
         out_dtypes, quantized = [], []
         for name, shape in zip(names, shapes):
-            quant = fmt == "fp8" and (
-                name in quantized_names if quantized_names else release_fp8_tensor(name)
-            )
+            quant = fmt == "fp8" and (name in quantized_names if quantized_names else mapping.fp8)
             if quant and len(shape) != 2:
                 raise CheckpointError(f"{name}: {list(shape)} is not 2-D, cannot quantise to FP8")
             quantized.append(quant)
-            if quant:
-                out_dtypes.append(torch.float8_e4m3fn)
-            elif mapping.dtype is not None:
-                out_dtypes.append(mapping.dtype)
-            else:
-                out_dtypes.append(torch.bfloat16)
+            out_dtypes.append(torch.float8_e4m3fn if quant else mapping.stored_dtype(False))
         jobs.append(_Job(unit, mapping, names, shapes, tuple(out_dtypes), tuple(quantized)))
     return jobs
 

@@ -32,7 +32,7 @@ def _worker(rank, world_size, port, fn, args, queue):
     )
     torch.set_num_threads(1)
     try:
-        from megatron.minimax.testing.cpu_shims import apply_cpu_shims
+        from megatron.minimax.platform.cpu_shims import apply_cpu_shims
 
         apply_cpu_shims()
         torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)

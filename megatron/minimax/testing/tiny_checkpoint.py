@@ -17,7 +17,6 @@ import copy
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 from collections import OrderedDict
@@ -29,23 +28,12 @@ from safetensors.torch import save_file
 
 from megatron.minimax.checkpoint.fp8_blockwise import quantize_blockwise
 from megatron.minimax.checkpoint.hf_checkpoint import HFCheckpoint
-from megatron.minimax.models.minimax_m2.hf_reference import EXPERT_RE as _EXPERT_RE
-from megatron.minimax.models.minimax_m2.hf_reference import ROUTER_RE as _ROUTER_RE
+from megatron.minimax.models.minimax_m2.weight_mapping import (
+    RELEASE_QUANTIZATION_CONFIG,
+    release_dtype,
+)
 
-__all__ = [
-    "RELEASE_QUANTIZATION_CONFIG",
-    "build_tiny_checkpoint",
-    "tiny_hf_config",
-]
-
-RELEASE_QUANTIZATION_CONFIG = {
-    "activation_scheme": "dynamic",
-    "fmt": "float8_e4m3fn",
-    "quant_method": "fp8",
-    "weight_block_size": [128, 128],
-    "modules_to_not_convert": ["gate", "e_score_correction_bias", "lm_head"],
-}
-"""``quantization_config`` of the released FP8 checkpoints."""
+__all__ = ["build_tiny_checkpoint", "tiny_hf_config"]
 
 ROUTING_BIAS_RANGE = 0.2
 """``e_score_correction_bias`` is drawn uniformly from ``[-0.2, 0.2]``.
@@ -60,8 +48,6 @@ decide the rest of the choices.
 _NORM_RANGE = (0.5, 1.5)
 # The release declares 126 (M2.5) or 130 (M2) shards in the names but ships 125 files.
 _SHARD_COUNT_SURPLUS = 1
-
-_ATTN_PROJ_RE = re.compile(r"^model\.layers\.\d+\.self_attn\.[qkvo]_proj\.weight$")
 
 
 def tiny_hf_config(**overrides) -> dict:
@@ -128,11 +114,6 @@ def tiny_hf_config(**overrides) -> dict:
     return config
 
 
-def _is_fp8_target(name: str) -> bool:
-    """Tensors the release stores in FP8: attention projections and every expert matrix."""
-    return bool(_ATTN_PROJ_RE.match(name) or _EXPERT_RE.match(name))
-
-
 def _random_weights(config: dict, seed: int) -> "OrderedDict[str, torch.Tensor]":
     """fp32 weights in release order: embedding, layers (attention, router, experts), norm, head."""
     gen = torch.Generator().manual_seed(seed)
@@ -182,13 +163,12 @@ def _on_disk_groups(
     """Converts to on-disk dtypes; each group (a weight and its scale) goes into one shard."""
     groups = []
     for name, w in weights.items():
-        if _ROUTER_RE.match(name):
-            groups.append({name: w.to(torch.float32)})
-        elif fp8 and _is_fp8_target(name):
+        dtype = release_dtype(name, fp8)
+        if dtype == torch.float8_e4m3fn:
             q, scale = quantize_blockwise(w)
             groups.append({name: q, name + "_scale_inv": scale})
         else:
-            groups.append({name: w.to(torch.bfloat16)})
+            groups.append({name: w.to(dtype)})
     return groups
 
 

@@ -45,6 +45,7 @@ from megatron.core import parallel_state
 from megatron.core.process_groups_config import ProcessGroupCollection
 
 from megatron.minimax.models.minimax_m2.hf_config import load_hf_config, minimax_m2_config_from_hf
+from megatron.minimax.platform.cpu_shims import NoOpStream
 from megatron.minimax.training.minimax_m2_flags import (
     Layout,
     check_layout,
@@ -85,14 +86,6 @@ class TrainingLayout:
         return self.num_gpus // (self.layout.expert_tp * self.layout.ep * self.layout.pp)
 
 
-class _NoOpStream:
-    """``torch.cuda.Stream`` stand-in while building without a GPU (the alltoall dispatcher
-    creates a side stream in its constructor; nothing runs on it here)."""
-
-    def wait_stream(self, other):
-        return None
-
-
 @contextlib.contextmanager
 def _allocate_on_meta() -> Iterator[None]:
     """Every tensor the model creates lands on ``meta``, including those megatron-core places
@@ -104,7 +97,7 @@ def _allocate_on_meta() -> Iterator[None]:
     saved_stream = MoEAlltoAllTokenDispatcher.cuda_dtoh_stream
     torch.cuda.current_device = lambda: torch.device("meta")
     if not torch.cuda.is_available():
-        torch.cuda.Stream = lambda *args, **kwargs: _NoOpStream()
+        torch.cuda.Stream = NoOpStream
     try:
         with torch.device("meta"):
             yield

@@ -2,6 +2,7 @@
 """Settings for a converter process: megatron-core without TorchDynamo (and without the garbage
 collector during the import), glibc keeping freed memory."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -15,7 +16,7 @@ def _run_fresh(script: str) -> str:
     result = subprocess.run(
         [sys.executable, "-c", script],
         cwd=ROOT,
-        env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"},
+        env={"PYTHONPATH": str(ROOT), "PATH": os.defpath},
         capture_output=True,
         text=True,
         timeout=300,

@@ -240,9 +240,11 @@ class TestHFCheckpointErrors:
         (fp8_dir / "config.json").write_text(json.dumps(config))
         _raises(lambda: HFCheckpoint(fp8_dir), "config.json", "quant_method is 'gptq'")
 
-    @pytest.mark.parametrize("file_name", ["../evil.safetensors", "/etc/evil.safetensors"])
-    def test_index_entry_escaping_directory(self, bf16_dir, file_name):
-        (bf16_dir.parent / "evil.safetensors").write_bytes(b"")
+    @pytest.mark.parametrize("relative", [True, False], ids=["parent", "absolute"])
+    def test_index_entry_escaping_directory(self, bf16_dir, relative):
+        evil = bf16_dir.parent / "evil.safetensors"
+        evil.write_bytes(b"")
+        file_name = "../evil.safetensors" if relative else str(evil.resolve())
         index = _index(bf16_dir)
         index["weight_map"][NORM] = file_name
         _write_index(bf16_dir, index)

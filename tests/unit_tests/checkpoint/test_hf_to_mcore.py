@@ -12,6 +12,7 @@ The CLI runs as a subprocess where its own behaviour (exit status, stderr, signa
 the other cases call :func:`convert_hf_to_mcore` directly, which is what the CLI runs.
 """
 
+import errno
 import io
 import json
 import os
@@ -404,11 +405,18 @@ class TestBadInput:
         shard = _rewrite_shard(src, K_NORM, poison)
         _assert_refused(src, save_dir, shard, K_NORM, "1 NaN/Inf", "--allow-nonfinite", workers=2)
 
-    def test_output_parent_on_a_pseudo_filesystem(self, tiny_fp8_checkpoint):
-        # As root, os.access() says /proc is writable; mkdir there fails all the same.
-        save_dir = Path("/proc") / f"minimax-m2-test-{os.getpid()}"
+    def test_output_parent_refusing_mkdir(self, tiny_fp8_checkpoint, save_dir, monkeypatch):
+        # As root, os.access() says a read-only or pseudo filesystem (/proc) is writable; mkdir
+        # there fails all the same.
+        def read_only_mkdir(self, *args, **kwargs):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(self))
+
+        monkeypatch.setattr(Path, "mkdir", read_only_mkdir)
         _assert_refused(
-            tiny_fp8_checkpoint, save_dir, "/proc", "cannot create the output directory"
+            tiny_fp8_checkpoint,
+            save_dir,
+            save_dir.parent,
+            "cannot create the output directory there (Read-only file system)",
         )
 
     def test_not_enough_free_space(self, tiny_fp8_checkpoint, save_dir, monkeypatch):

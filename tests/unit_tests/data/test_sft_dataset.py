@@ -281,10 +281,10 @@ def check_split(sft: SFTDataset, gpt: GPTDataset, raw_tokens, raw_masks) -> Tupl
 
 
 def test_loss_mask_prefix():
-    assert loss_mask_prefix("/d/sft_chat_document") == "/d/sft_chat_loss_mask"
+    assert loss_mask_prefix("d/sft_chat_document") == "d/sft_chat_loss_mask"
     assert loss_mask_prefix("s3://b/x_chat_document") == "s3://b/x_chat_loss_mask"
     with pytest.raises(ValueError, match="must end with '_chat_document'"):
-        loss_mask_prefix("/d/corpus_text_document")
+        loss_mask_prefix("d/corpus_text_document")
 
 
 def test_samples_pack_and_cut_documents(chat_prefix, megatron_tokenizer, raw, tmp_path):

@@ -50,9 +50,9 @@ def hf_dir(tmp_path_factory):
 def _cluster_env(hf_dir, **extra):
     return {
         "HF_DIR": str(hf_dir),
-        "LOAD_DIR": "/ckpt/minimax-m2.5-mcore",
-        "SAVE_DIR": "/ckpt/run",
-        "DATA_PATH": "1.0 /data/corpus_text_document",
+        "LOAD_DIR": "ckpt/minimax-m2.5-mcore",
+        "SAVE_DIR": "ckpt/run",
+        "DATA_PATH": "1.0 data/corpus_text_document",
         **extra,
     }
 
@@ -73,23 +73,23 @@ class TestFullModelScripts:
             15,
             15,
         )
-        assert args.load == "/ckpt/minimax-m2.5-mcore" and args.ckpt_format == "torch_dist"
+        assert args.load == "ckpt/minimax-m2.5-mcore" and args.ckpt_format == "torch_dist"
         # The released tokenizer (200,054 tokens) pads to exactly the checkpoint's 200,064 rows.
         assert calculate_padded_vocab_size(
             200054, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size, False
         ) == 200064
 
     def test_sft_uses_chat_data_and_freezes_the_expert_bias(self, hf_dir):
-        env = _cluster_env(hf_dir, DATA_PATH="/data/sft_chat_document")
+        env = _cluster_env(hf_dir, DATA_PATH="data/sft_chat_document")
         args = parse_training_args(_dry_run("sft_minimax_m2.sh", env), world_size=128)
-        assert args.data_path == ["/data/sft_chat_document"]
+        assert args.data_path == ["data/sft_chat_document"]
         assert args.moe_router_bias_update_rate == 0
         assert args.calculate_per_token_loss
 
     def test_sft_refuses_plain_text_data(self, hf_dir):
         env = {
             **os.environ,
-            **_cluster_env(hf_dir, DATA_PATH="/data/corpus_text_document"),
+            **_cluster_env(hf_dir, DATA_PATH="data/corpus_text_document"),
             "DRY_RUN": "1",
         }
         proc = subprocess.run(

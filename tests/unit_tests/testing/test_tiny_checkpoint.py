@@ -16,11 +16,8 @@ from megatron.minimax.checkpoint.fp8_blockwise import dequantize_blockwise
 from megatron.minimax.checkpoint.hf_checkpoint import HFCheckpoint
 from megatron.minimax.models.minimax_m2.hf_reference import load_hf_reference_model
 from megatron.minimax.testing import tiny_checkpoint
-from megatron.minimax.testing.tiny_checkpoint import (
-    RELEASE_QUANTIZATION_CONFIG,
-    build_tiny_checkpoint,
-    tiny_hf_config,
-)
+from megatron.minimax.models.minimax_m2.weight_mapping import RELEASE_QUANTIZATION_CONFIG
+from megatron.minimax.testing.tiny_checkpoint import build_tiny_checkpoint, tiny_hf_config
 
 RELEASE_KEYS = {
     "architectures", "attn_type_list", "auto_map", "head_dim", "hidden_act", "hidden_size",

@@ -24,7 +24,7 @@ from megatron.minimax.training.minimax_m2_flags import Layout, padded_vocab_size
 
 REPO = Path(__file__).resolve().parents[3]
 TOOL = REPO / "tools" / "minimax_m2_args.py"
-RELEASED_CONFIG = Path("/work/shared/configs/minimax_m2.5_config.json")
+RELEASED_CONFIG = REPO / "examples" / "minimax_m2" / "configs" / "minimax_m2.5_config.json"
 SHELL_SPECIAL = "'\"$`*?[]{}()<>|&;~\\"
 
 # Decided by the training command, not by config.json: layout bookkeeping, kernel choices,
@@ -188,8 +188,8 @@ class TestErrors:
         "argv, message",
         [
             (
-                ["--hf-config", "/nonexistent/config.json"],
-                "/nonexistent/config.json: no such HF config file",
+                ["--hf-config", "{tmp}/nonexistent/config.json"],
+                "{tmp}/nonexistent/config.json: no such HF config file",
             ),
             (["--ep", "3"], "--ep 3 does not divide num_moe_experts 256"),
             (["--tp", "16"], "--tp 16 does not divide num_query_groups (KV heads) 8"),
@@ -203,7 +203,9 @@ class TestErrors:
             (["--tp", "0"], "--tp must be >= 1, got 0"),
         ],
     )
-    def test_bad_input_exits_2_with_one_line(self, capsys, argv, message):
+    def test_bad_input_exits_2_with_one_line(self, capsys, tmp_path, argv, message):
+        argv = [a.format(tmp=tmp_path) for a in argv]
+        message = message.format(tmp=tmp_path)
         if "--hf-config" not in argv:
             argv = ["--hf-config", str(RELEASED_CONFIG)] + argv
         code, out, err = _run_tool_in_process(capsys, *argv)

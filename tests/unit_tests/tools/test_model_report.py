@@ -20,7 +20,7 @@ from megatron.minimax.testing.tiny_checkpoint import tiny_hf_config
 
 REPO = Path(__file__).resolve().parents[3]
 TOOL = REPO / "tools" / "model_report.py"
-RELEASED_CONFIG = Path("/work/shared/configs/minimax_m2.5_config.json")
+RELEASED_CONFIG = REPO / "examples" / "minimax_m2" / "configs" / "minimax_m2.5_config.json"
 
 # MiniMax-M2.5 (architecture doc 7.1): attention 44,040,192 + 256 experts x 14,155,776 +
 # router 786,432 + norms 13,312 per layer; 62 layers; embedding and lm_head 200,064 x 3072.

@@ -87,7 +87,7 @@ class TestVerifyTool:
     @pytest.mark.parametrize(
         "args, message",
         [
-            (["--hf-dir", "/nonexistent/dir"], "/nonexistent/dir"),
+            (["--hf-dir", "__MISSING_DIR__"], "__MISSING_DIR__"),
             (["--tp", "3"], "TP=3 does not divide num_attention_heads=8"),
             (["--tokens-file", "__BAD_TOKENS__"], "no tensor named 'tokens'"),
         ],
@@ -95,7 +95,10 @@ class TestVerifyTool:
     def test_bad_input_exits_2_with_one_line(self, tiny_bf16_checkpoint, tmp_path, args, message):
         bad_tokens = tmp_path / "bad.safetensors"
         save_file({"ids": torch.zeros(1, 4, dtype=torch.int64)}, str(bad_tokens))
-        args = [str(bad_tokens) if a == "__BAD_TOKENS__" else a for a in args]
+        missing = str(tmp_path / "nonexistent")
+        substitutes = {"__BAD_TOKENS__": str(bad_tokens), "__MISSING_DIR__": missing}
+        args = [substitutes.get(a, a) for a in args]
+        message = substitutes.get(message, message)
         if "--hf-dir" not in args:
             args = ["--hf-dir", str(tiny_bf16_checkpoint), *args]
         proc = _run(args)

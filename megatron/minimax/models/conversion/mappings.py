@@ -54,12 +54,23 @@ class WeightMapping:
         megatron: canonical Megatron name pattern.
         hf: HF name patterns, in the order ``to_megatron`` takes them.
         dtype: a dtype this tensor always keeps (the fp32 router), else None (model dtype).
+        fp8: the HF tensors are stored as block-wise FP8 (with a ``weight_scale_inv``) in
+            FP8 releases.
     """
 
-    def __init__(self, megatron: str, hf: Sequence[str], dtype: Optional[torch.dtype] = None):
+    def __init__(
+        self,
+        megatron: str,
+        hf: Sequence[str],
+        dtype: Optional[torch.dtype] = None,
+        fp8: bool = False,
+    ):
+        if fp8 and dtype is not None:
+            raise ValueError(f"{megatron}: a tensor with a fixed dtype {dtype} cannot be FP8")
         self.megatron = megatron
         self.hf = tuple(hf)
         self.dtype = dtype
+        self.fp8 = fp8
         for pattern in self.hf:
             if set(_fields(pattern)) != set(_fields(megatron)):
                 raise ValueError(f"fields of {pattern!r} differ from those of {megatron!r}")
@@ -87,6 +98,13 @@ class WeightMapping:
 
     def fields(self) -> Tuple[str, ...]:
         return _fields(self.megatron)
+
+    def stored_dtype(self, fp8_release: bool, default: torch.dtype = torch.bfloat16) -> torch.dtype:
+        """dtype of the HF tensors in a release: ``float8_e4m3fn`` for :attr:`fp8` tensors of an
+        FP8 release, else :attr:`dtype`, else ``default``."""
+        if fp8_release and self.fp8:
+            return torch.float8_e4m3fn
+        return self.dtype if self.dtype is not None else default
 
     def to_megatron(self, hf: Sequence[torch.Tensor], ctx: MappingContext) -> torch.Tensor:
         """Full canonical Megatron tensor from the HF tensors (in ``self.hf`` order)."""
@@ -116,8 +134,10 @@ class WeightMapping:
 class Rename(WeightMapping):
     """Same tensor under another name."""
 
-    def __init__(self, megatron: str, hf: str, dtype: Optional[torch.dtype] = None):
-        super().__init__(megatron, [hf], dtype)
+    def __init__(
+        self, megatron: str, hf: str, dtype: Optional[torch.dtype] = None, fp8: bool = False
+    ):
+        super().__init__(megatron, [hf], dtype, fp8)
 
     def to_megatron(self, hf, ctx):
         return hf[0]
@@ -152,8 +172,8 @@ class FusedQKV(WeightMapping):
     whole groups, so plain chunks along dim 0 are right.
     """
 
-    def __init__(self, megatron: str, q: str, k: str, v: str):
-        super().__init__(megatron, [q, k, v])
+    def __init__(self, megatron: str, q: str, k: str, v: str, fp8: bool = False):
+        super().__init__(megatron, [q, k, v], fp8=fp8)
 
     def to_megatron(self, hf, ctx):
         q, k, v = hf
@@ -188,8 +208,8 @@ class FusedQKV(WeightMapping):
 class GatedFC1(WeightMapping):
     """SwiGLU ``linear_fc1 = cat(gate, up)``. Each TP rank holds ``cat(gate_r, up_r)``."""
 
-    def __init__(self, megatron: str, gate: str, up: str):
-        super().__init__(megatron, [gate, up])
+    def __init__(self, megatron: str, gate: str, up: str, fp8: bool = False):
+        super().__init__(megatron, [gate, up], fp8=fp8)
 
     def to_megatron(self, hf, ctx):
         gate, up = hf

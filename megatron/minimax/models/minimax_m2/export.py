@@ -24,10 +24,13 @@ import torch
 
 from megatron.minimax.checkpoint.fp8_blockwise import quantize_blockwise
 from megatron.minimax.checkpoint.hf_checkpoint import SCALE_SUFFIX
-from megatron.minimax.checkpoint.mcore_to_hf import release_fp8_tensor
 from megatron.minimax.models.conversion.model_weights import iter_hf_weights, unwrap_model
 from megatron.minimax.models.minimax_m2.hf_config import GPTModelArgs, padded_vocab_size
-from megatron.minimax.models.minimax_m2.weight_mapping import MINIMAX_M2_WEIGHTS, mapping_context
+from megatron.minimax.models.minimax_m2.weight_mapping import (
+    MINIMAX_M2_WEIGHTS,
+    mapping_context,
+    release_fp8_tensor,
+)
 from megatron.minimax.transformer.transformer_config import TransformerConfig
 
 __all__ = ["export_hf_weights"]

@@ -207,6 +207,14 @@ class TestRename:
         assert gate.dtype == torch.float32 and bias.dtype == torch.float32
         assert norm.dtype is None
 
+    def test_stored_dtype(self):
+        assert Rename("a", "b", fp8=True).stored_dtype(True) == torch.float8_e4m3fn
+        assert Rename("a", "b", fp8=True).stored_dtype(False) == torch.bfloat16
+        assert Rename("a", "b", dtype=torch.float32).stored_dtype(True) == torch.float32
+        assert Rename("a", "b").stored_dtype(True, default=torch.float16) == torch.float16
+        with pytest.raises(ValueError, match="fixed dtype"):
+            Rename("a", "b", dtype=torch.float32, fp8=True)
+
     def test_plain_shard_is_a_chunk(self):
         tensor = torch.arange(12.0).reshape(4, 3)
         mapping = Rename("a", "b")
