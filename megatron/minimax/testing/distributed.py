@@ -2,12 +2,15 @@
 """Run a function in N local gloo processes and collect each rank's return value.
 
 Tests batch several parallel layouts into one launch: the function initialises and destroys
-Megatron's model-parallel state for each layout itself.
+Megatron's model-parallel state for each layout itself. The processes meet through a file store
+private to the launch, not a TCP port: a port found free can be taken by another launch before
+rank 0 binds it, and ranks of two launches would then join each other's groups and hang.
 """
 
 import io
 import os
 import socket
+import tempfile
 import traceback
 from typing import Any, Callable, List
 
@@ -22,7 +25,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world_size, port, fn, args, queue):
+def _worker(rank, world_size, port, store_file, fn, args, queue):
     os.environ.update(
         MASTER_ADDR="127.0.0.1",
         MASTER_PORT=str(port),
@@ -35,7 +38,9 @@ def _worker(rank, world_size, port, fn, args, queue):
         from megatron.minimax.platform.cpu_shims import apply_cpu_shims
 
         apply_cpu_shims()
-        torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
+        torch.distributed.init_process_group(
+            "gloo", init_method=f"file://{store_file}", rank=rank, world_size=world_size
+        )
         result = fn(rank, world_size, *args)
         # Serialise by value: torch's queue pickler would pass tensors through shared memory
         # that disappears when this process exits.
@@ -58,8 +63,10 @@ def run_in_processes(fn: Callable, world_size: int, *args, timeout: float = 600)
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
     port = _free_port()
+    store_fd, store_file = tempfile.mkstemp(prefix="gloo-store-")
+    os.close(store_fd)
     procs = [
-        ctx.Process(target=_worker, args=(rank, world_size, port, fn, args, queue))
+        ctx.Process(target=_worker, args=(rank, world_size, port, store_file, fn, args, queue))
         for rank in range(world_size)
     ]
     for p in procs:
@@ -78,6 +85,8 @@ def run_in_processes(fn: Callable, world_size: int, *args, timeout: float = 600)
             p.join(timeout=5 if failures else 60)
             if p.is_alive():
                 p.kill()
+        if os.path.exists(store_file):
+            os.unlink(store_file)
     if failures:
         raise RuntimeError(
             "\n".join(f"--- rank {rank} ---\n{tb}" for rank, tb in sorted(failures.items()))
