@@ -6,21 +6,35 @@ gets its canonical name (global layer and expert numbers; TE fused-norm and grou
 normalised) and its tensor-parallel partitioning, read from the tensor's own attributes. Loading
 builds each full tensor from HF tensors and keeps this rank's piece; exporting gathers the pieces
 over tensor-parallel and expert-parallel groups and maps them back to HF names.
+
+Canonical names are those of a single-rank ``GPTModel``. A ``HybridModel`` holds the same tensors
+under other names: its attention and MoE layers are GPT layer i's two halves (``*E`` in its
+pattern, the attention position numbered among attention positions, the MoE position among MoE
+positions), its final norm is ``final_norm``, and an MTP layer's inner layers are
+``mtp_model_layer.layers.{k}``; :func:`model_tensors` names both models' tensors alike.
 """
 
 import re
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.distributed
 
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
+from megatron.core.models.hybrid.hybrid_layer_allocation import (
+    Symbols,
+    get_layer_maps_from_layer_type_list,
+    parse_hybrid_pattern,
+)
+from megatron.core.models.hybrid.hybrid_model import HybridModel
 
 from megatron.minimax.models.conversion.mappings import MappingContext, WeightMappingTable
 
 _DECODER_LAYER = re.compile(r"decoder\.layers\.(\d+)\.(.*)\Z")
+_HYBRID_MTP_INNER_LAYER = re.compile(r"(mtp\.layers\.\d+\.mtp_model_layer\.)layers\.\d+\.(.*)\Z")
+_HYBRID_FINAL_NORM = {"decoder.final_norm.weight": "decoder.final_layernorm.weight"}
 _SEQUENTIAL_EXPERT = re.compile(r"mlp\.experts\.local_experts\.(\d+)\.(.*)\Z")
 _GROUPED_EXPERT = re.compile(r"mlp\.experts\.(linear_fc[12])\.weight(\d+)\Z")
 # Transformer Engine fuses the pre-attention / pre-MLP norm into the next linear layer.
@@ -49,13 +63,36 @@ class ModelTensor:
         return self.expert_local_index is not None
 
 
-def unwrap_model(model: torch.nn.Module) -> GPTModel:
+def unwrap_model(model: torch.nn.Module) -> Union[GPTModel, HybridModel]:
     """Strip DDP / Float16Module wrappers."""
-    while not isinstance(model, GPTModel) and hasattr(model, "module"):
+    while not isinstance(model, (GPTModel, HybridModel)) and hasattr(model, "module"):
         model = model.module
-    if not isinstance(model, GPTModel):
-        raise TypeError(f"expected a (wrapped) GPTModel, got {type(model).__name__}")
+    if not isinstance(model, (GPTModel, HybridModel)):
+        raise TypeError(
+            f"expected a (wrapped) GPTModel or HybridModel, got {type(model).__name__}"
+        )
     return model
+
+
+def _gpt_layer_of_hybrid_layers(pattern: str) -> Dict[int, int]:
+    """Hybrid global layer index -> GPT layer index, for a ``*E``-per-layer pattern."""
+    main = (parse_hybrid_pattern(pattern).main_pattern or "").replace(Symbols.PIPE, "")
+    maps = get_layer_maps_from_layer_type_list(list(main))
+    attention, moe = maps[Symbols.ATTENTION], maps[Symbols.MOE]
+    if len(attention) != len(moe) or len(attention) + len(moe) != len(main):
+        raise ValueError(
+            f"hybrid layer pattern {pattern!r}: expected one attention ('*') and one MoE ('E') "
+            "layer per GPT layer, nothing else"
+        )
+    return {**attention, **moe}
+
+
+def _layer_index_of(model: Union[GPTModel, HybridModel]) -> Callable[[torch.nn.Module], int]:
+    """The canonical (GPT) layer index of a decoder layer of ``model``."""
+    if isinstance(model, GPTModel):
+        return lambda layer: layer.layer_number - 1
+    gpt_layer = _gpt_layer_of_hybrid_layers(model.hybrid_layer_pattern)
+    return lambda layer: gpt_layer[layer.layer_number - 1]
 
 
 def _group_size_rank(group) -> Tuple[int, int]:
@@ -72,21 +109,26 @@ def model_tensors(
     """All parameters and persistent buffers of a model chunk, with canonical names.
 
     Args:
-        model: a GPTModel chunk, possibly wrapped.
+        model: a GPTModel or HybridModel chunk, possibly wrapped.
         tp_group / expt_tp_group: tensor- and expert-tensor-parallel groups; default: Megatron's.
     """
-    gpt = unwrap_model(model)
+    core_model = unwrap_model(model)
     if tp_group is None:
         tp_group = parallel_state.get_tensor_model_parallel_group(check_initialized=False)
     if expt_tp_group is None:
         expt_tp_group = parallel_state.get_expert_tensor_parallel_group(check_initialized=False)
-    layers = list(gpt.decoder.layers) if hasattr(gpt, "decoder") else []
+    layers = list(core_model.decoder.layers) if hasattr(core_model, "decoder") else []
+    layer_index = _layer_index_of(core_model)
 
     out = []
-    for local_name, tensor in gpt.state_dict(keep_vars=True).items():
+    for local_name, tensor in core_model.state_dict(keep_vars=True).items():
         if local_name.endswith("_extra_state") or tensor is None:
             continue
         canonical, expert_local, num_local = local_name, None, None
+        canonical = _HYBRID_FINAL_NORM.get(canonical, canonical)
+        mtp = _HYBRID_MTP_INNER_LAYER.match(local_name)
+        if mtp:
+            canonical = mtp.group(1) + mtp.group(2)
         m = _DECODER_LAYER.match(local_name)
         if m:
             layer = layers[int(m.group(1))]
@@ -100,7 +142,7 @@ def model_tensors(
             elif gm:
                 expert_local = int(gm.group(2))
                 rest = f"mlp.experts.local_experts.{layer.mlp.local_expert_indices[expert_local]}.{gm.group(1)}.weight"
-            canonical = f"decoder.layers.{layer.layer_number - 1}.{rest}"
+            canonical = f"decoder.layers.{layer_index(layer)}.{rest}"
         is_expert = expert_local is not None
         partitioned = getattr(tensor, "tensor_model_parallel", False)
         out.append(
@@ -140,7 +182,7 @@ def load_hf_weights(
     """Fill this rank's pieces of a model chunk from HF tensors.
 
     Args:
-        model: the (wrapped) GPTModel chunk of this rank.
+        model: the (wrapped) GPTModel or HybridModel chunk of this rank.
         read_hf_tensor: returns a full HF tensor by name (any float dtype; cast once to the
             parameter's dtype here). Only the tensors this rank needs are requested.
         ctx: model dimensions for the mapping transforms.

@@ -89,6 +89,28 @@ def _customize_layer_spec(
     return dataclasses.replace(layer_spec, submodules=dataclasses.replace(submodules, **changes))
 
 
+def get_gpt_layer_spec(config: TransformerConfig, use_transformer_engine: bool) -> ModuleSpec:
+    """The decoder layer spec of an MoE layer (every MiniMax-M2 layer), with the config's options
+    applied as in :func:`get_gpt_decoder_block_spec`; for models that lay layers out themselves
+    (the hybrid stack)."""
+    layer_specs = mcore_specs.get_gpt_decoder_layer_specs(
+        config,
+        use_transformer_engine=use_transformer_engine,
+        normalization=config.normalization,
+        qk_l2_norm=config.qk_l2_norm,
+    )
+    moe = [spec for spec in layer_specs if _is_moe_layer_spec(spec)]
+    if not moe:
+        raise ValueError("the config has no MoE layer (num_moe_experts / moe_layer_freq)")
+    return _customize_layer_spec(moe[0], config, use_transformer_engine)
+
+
+def _is_moe_layer_spec(layer_spec: ModuleSpec) -> bool:
+    mlp = layer_spec.submodules.mlp
+    submodules = mlp.keywords.get("submodules") if isinstance(mlp, functools.partial) else None
+    return hasattr(submodules, "router")
+
+
 def get_gpt_decoder_block_spec(
     config: TransformerConfig,
     use_transformer_engine: bool,

@@ -1,16 +1,18 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
-"""Build a MiniMax-M2 ``GPTModel`` for this process's pipeline stage."""
+"""Build a MiniMax-M2 ``GPTModel`` or ``HybridModel`` for this process's pipeline stage."""
 
-from typing import Optional
+from typing import Optional, Tuple
 
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
+from megatron.core.models.hybrid.hybrid_model import HybridModel
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron.minimax.models.gpt.gpt_layer_specs import (
     get_gpt_decoder_block_spec,
     get_gpt_mtp_block_spec,
 )
+from megatron.minimax.models.hybrid.hybrid_layer_specs import get_minimax_m2_hybrid_stack_spec
 from megatron.minimax.models.minimax_m2.hf_config import GPTModelArgs, padded_vocab_size
 from megatron.minimax.native_core import log_megatron_core_path
 
@@ -20,6 +22,24 @@ try:
     HAVE_TE = True
 except ImportError:
     HAVE_TE = False
+
+
+def _stage_defaults(
+    config: TransformerConfig,
+    use_transformer_engine: Optional[bool],
+    pre_process: Optional[bool],
+    post_process: Optional[bool],
+    vp_stage: Optional[int],
+) -> Tuple[bool, bool, bool]:
+    """The backend (TE when importable and asked for) and this stage's pre/post process flags
+    (first/last pipeline stage), where the caller left them None."""
+    if use_transformer_engine is None:
+        use_transformer_engine = HAVE_TE and config.transformer_impl == "transformer_engine"
+    if pre_process is None:
+        pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+    if post_process is None:
+        post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+    return use_transformer_engine, pre_process, post_process
 
 
 def build_minimax_m2_model(
@@ -45,12 +65,9 @@ def build_minimax_m2_model(
     padded_vocab_size` says: to a multiple of 128, the same at every TP size.
     """
     log_megatron_core_path()
-    if use_transformer_engine is None:
-        use_transformer_engine = HAVE_TE and config.transformer_impl == "transformer_engine"
-    if pre_process is None:
-        pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
-    if post_process is None:
-        post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+    use_transformer_engine, pre_process, post_process = _stage_defaults(
+        config, use_transformer_engine, pre_process, post_process, vp_stage
+    )
     pp_rank = parallel_state.get_pipeline_model_parallel_rank()
     block_spec = get_gpt_decoder_block_spec(
         config, use_transformer_engine, vp_stage=vp_stage, pp_rank=pp_rank
@@ -72,5 +89,46 @@ def build_minimax_m2_model(
         rotary_percent=model_args.rotary_percent,
         rotary_base=model_args.rotary_base,
         mtp_block_spec=mtp_block_spec,
+        vp_stage=vp_stage,
+    )
+
+
+def build_minimax_m2_hybrid_model(
+    config: TransformerConfig,
+    model_args: GPTModelArgs,
+    hybrid_layer_pattern: str,
+    *,
+    use_transformer_engine: Optional[bool] = None,
+    pre_process: Optional[bool] = None,
+    post_process: Optional[bool] = None,
+    vp_stage: Optional[int] = None,
+) -> HybridModel:
+    """Build the ``HybridModel`` chunk of this pipeline stage (model-parallel state must be set).
+
+    Args:
+        config / hybrid_layer_pattern: from
+            :func:`~megatron.minimax.models.minimax_m2.hybrid_pattern.minimax_m2_hybrid_config`
+            of the GPT config (``num_layers`` counts pattern symbols; the pattern's ``|`` cuts
+            are the pipeline stages).
+        model_args: as for :func:`build_minimax_m2_model`.
+        use_transformer_engine / pre_process / post_process / vp_stage: as for
+            :func:`build_minimax_m2_model`.
+    """
+    log_megatron_core_path()
+    use_transformer_engine, pre_process, post_process = _stage_defaults(
+        config, use_transformer_engine, pre_process, post_process, vp_stage
+    )
+    return HybridModel(
+        config=config,
+        hybrid_stack_spec=get_minimax_m2_hybrid_stack_spec(config, use_transformer_engine),
+        vocab_size=padded_vocab_size(model_args.vocab_size, config.tensor_model_parallel_size),
+        max_sequence_length=model_args.max_sequence_length,
+        hybrid_layer_pattern=hybrid_layer_pattern,
+        pre_process=pre_process,
+        post_process=post_process,
+        share_embeddings_and_output_weights=model_args.share_embeddings_and_output_weights,
+        position_embedding_type=model_args.position_embedding_type,
+        rotary_percent=model_args.rotary_percent,
+        rotary_base=model_args.rotary_base,
         vp_stage=vp_stage,
     )

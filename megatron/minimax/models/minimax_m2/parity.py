@@ -8,7 +8,7 @@ is collective over the default process group unless it says otherwise.
 
 import functools
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.distributed
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
+from megatron.core.models.hybrid.hybrid_model import HybridModel
 from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
 
@@ -27,7 +28,11 @@ from megatron.minimax.models.minimax_m2.hf_config import (
     minimax_m2_config_from_hf,
     padded_vocab_size,
 )
-from megatron.minimax.models.minimax_m2.model import build_minimax_m2_model
+from megatron.minimax.models.minimax_m2.hybrid_pattern import minimax_m2_hybrid_config
+from megatron.minimax.models.minimax_m2.model import (
+    build_minimax_m2_hybrid_model,
+    build_minimax_m2_model,
+)
 from megatron.minimax.models.minimax_m2.weight_mapping import MINIMAX_M2_WEIGHTS, mapping_context
 from megatron.minimax.transformer.transformer_config import TransformerConfig
 
@@ -37,6 +42,8 @@ LOSS_ATOL = 1e-5
 """Max |Megatron - HF| fp32 loss difference the parity checks accept."""
 GRAD_RTOL = 1e-4
 """Max per-tensor gradient difference, relative to the tensor's largest HF gradient entry."""
+MODEL_CLASSES = ("gpt", "hybrid")
+"""The megatron-core model classes MiniMax-M2 is built as: ``GPTModel`` or ``HybridModel``."""
 
 
 @dataclass(frozen=True)
@@ -123,11 +130,13 @@ def initialize_layout(layout: ParallelLayout, seed: int = 1234) -> None:
 class LoadedModel:
     """A model chunk built at a layout and filled with HF weights."""
 
-    model: GPTModel
+    model: Union[GPTModel, HybridModel]
     config: TransformerConfig
     model_args: GPTModelArgs
     ctx: MappingContext
     layout: ParallelLayout
+    hybrid_layer_pattern: Optional[str] = None
+    """The pattern of a ``HybridModel``; None for a ``GPTModel``."""
 
 
 def build_from_hf(
@@ -137,6 +146,7 @@ def build_from_hf(
     *,
     params_dtype: torch.dtype = torch.float32,
     use_transformer_engine: bool = False,
+    model: str = "gpt",
     **config_overrides,
 ) -> LoadedModel:
     """Build this rank's MiniMax-M2 chunk at ``layout`` (already initialised) and load weights.
@@ -147,8 +157,12 @@ def build_from_hf(
         layout: the current parallel layout.
         params_dtype: model dtype (the router gate and bias stay fp32 regardless).
         use_transformer_engine: TE spec (GPU only) instead of the local spec.
+        model: ``"gpt"`` (``GPTModel``) or ``"hybrid"`` (``HybridModel``, pattern ``*E`` per
+            layer); the same weights either way.
         config_overrides: other ``TransformerConfig`` fields.
     """
+    if model not in MODEL_CLASSES:
+        raise ValueError(f"model must be one of {MODEL_CLASSES}, got {model!r}")
     overrides = dict(
         tensor_model_parallel_size=layout.tp,
         pipeline_model_parallel_size=layout.pp,
@@ -163,14 +177,23 @@ def build_from_hf(
     )
     overrides.update(config_overrides)
     config, model_args = minimax_m2_config_from_hf(hf_config, **overrides)
-    model = build_minimax_m2_model(config, model_args, use_transformer_engine=use_transformer_engine)
+    pattern = None
+    if model == "hybrid":
+        config, pattern = minimax_m2_hybrid_config(config)
+        core_model = build_minimax_m2_hybrid_model(
+            config, model_args, pattern, use_transformer_engine=use_transformer_engine
+        )
+    else:
+        core_model = build_minimax_m2_model(
+            config, model_args, use_transformer_engine=use_transformer_engine
+        )
     if torch.cuda.is_available():
-        model = model.cuda()
+        core_model = core_model.cuda()
     padded = padded_vocab_size(model_args.vocab_size, layout.tp)
     ctx = mapping_context(config, model_args, padded)
     if read_hf_tensor is not None:
-        load_hf_weights(model, read_hf_tensor, ctx, MINIMAX_M2_WEIGHTS)
-    return LoadedModel(model, config, model_args, ctx, layout)
+        load_hf_weights(core_model, read_hf_tensor, ctx, MINIMAX_M2_WEIGHTS)
+    return LoadedModel(core_model, config, model_args, ctx, layout, pattern)
 
 
 def resolve_dist_checkpoint_dir(load_dir) -> str:
@@ -201,16 +224,31 @@ def build_from_dist_checkpoint(
     layout: ParallelLayout,
     *,
     params_dtype: torch.dtype = torch.float32,
+    model: str = "gpt",
     **config_overrides,
 ) -> LoadedModel:
     """Build this rank's chunk at ``layout`` and load a torch_dist checkpoint into it (megatron-core
-    reshards at load). Values are cast to ``params_dtype`` (the router stays fp32)."""
+    reshards at load). Values are cast to ``params_dtype`` (the router stays fp32).
+
+    A ``HybridModel`` loads checkpoints saved by hybrid runs as they are, and checkpoints in the
+    GPT layout (``convert_minimax_m2.py hf-to-mcore``, GPT training runs) through megatron-core's
+    load-time translation (``gpt_checkpoint_interop``).
+    """
     from megatron.core import dist_checkpointing
 
     loaded = build_from_hf(
-        hf_config, None, layout, params_dtype=params_dtype, **config_overrides
+        hf_config, None, layout, params_dtype=params_dtype, model=model, **config_overrides
     )
     sharded = loaded.model.sharded_state_dict()
+    if model == "hybrid" and checkpoint_model_class(load_dir) == "gpt":
+        from megatron.core.dist_checkpointing.gpt_checkpoint_interop import (
+            gpt_compatible_layer_maps,
+            retarget_sharded_state_dict_to_gpt_checkpoint,
+        )
+
+        retarget_sharded_state_dict_to_gpt_checkpoint(
+            sharded, gpt_compatible_layer_maps(loaded.hybrid_layer_pattern)
+        )
     state = dist_checkpointing.load(sharded, resolve_dist_checkpoint_dir(load_dir))
     # The load also returns the checkpoint's common (non-tensor) state, e.g. checkpoint_version.
     state = {k: v for k, v in state.items() if k in sharded}
@@ -219,6 +257,22 @@ def build_from_dist_checkpoint(
     if missing or unexpected:
         raise ValueError(f"{load_dir}: checkpoint lacks {missing[:5]}, has unexpected {unexpected[:5]}")
     return loaded
+
+
+def checkpoint_model_class(load_dir) -> str:
+    """``"gpt"`` or ``"hybrid"``: the layout a torch_dist checkpoint was saved in, read from its
+    metadata (a GPT checkpoint stacks the decoder layers under ``decoder.layers.<name>`` and has
+    ``decoder.final_layernorm``; a hybrid one keys every layer ``decoder.layers.<i>.<name>`` and has
+    ``decoder.final_norm``)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    reader = FileSystemReader(resolve_dist_checkpoint_dir(load_dir))
+    keys = reader.read_metadata().state_dict_metadata
+    if any(key.startswith("decoder.final_norm.") for key in keys):
+        return "hybrid"
+    if any(key.startswith("decoder.final_layernorm.") for key in keys):
+        return "gpt"
+    raise ValueError(f"{load_dir}: neither decoder.final_layernorm nor decoder.final_norm found")
 
 
 def reference_rounding(load_dir) -> Optional[torch.dtype]:
@@ -241,6 +295,7 @@ def build_for_comparison(
     read_hf_tensor: Callable[[str], torch.Tensor],
     layout: ParallelLayout,
     load_dir=None,
+    model: str = "gpt",
 ) -> Tuple[LoadedModel, Optional[torch.dtype]]:
     """What the parity tools compare against an fp32 HF reference: the model at ``layout``
     (initialised here) built by :func:`build_from_dist_checkpoint` when ``load_dir`` is given,
@@ -252,10 +307,10 @@ def build_for_comparison(
     """
     if load_dir is None:
         initialize_layout(layout)
-        return build_from_hf(hf_config, read_hf_tensor, layout), None
+        return build_from_hf(hf_config, read_hf_tensor, layout, model=model), None
     rounding = reference_rounding(load_dir)
     initialize_layout(layout)
-    return build_from_dist_checkpoint(hf_config, load_dir, layout), rounding
+    return build_from_dist_checkpoint(hf_config, load_dir, layout, model=model), rounding
 
 
 def _gather_vocab(logits_local: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -1,0 +1,141 @@
+# Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
+"""MiniMax-M2 as a ``HybridModel`` (pattern ``*E`` per layer) against transformers and GPTModel.
+
+One 4-process gloo launch builds the hybrid model at every layout: logits and loss against
+transformers' ``MiniMaxM2ForCausalLM`` (fp32, same weights), logits bit-identical to the GPTModel
+at the same layout, gradients (after DDP and ``finalize_model_grads``) against HF's, and the
+``hf-to-mcore`` checkpoint (GPT layout) loaded through megatron-core's load-time translation.
+"""
+
+import pytest
+import torch
+
+from megatron.minimax.models.minimax_m2.hf_reference import (
+    hf_gradients,
+    hf_logits,
+    load_hf_reference_model,
+)
+from megatron.minimax.models.minimax_m2.parity import (
+    GRAD_RTOL,
+    LOGITS_ATOL,
+    LOSS_ATOL,
+    ParallelLayout,
+    compare_gradients,
+    compare_logits,
+)
+from megatron.minimax.testing.distributed import run_in_processes
+
+WORLD_SIZE = 4
+LOGITS_LAYOUTS = [
+    ParallelLayout(),
+    ParallelLayout(tp=2),
+    ParallelLayout(ep=2),
+    ParallelLayout(pp=2),
+    ParallelLayout(tp=2, ep=2, etp=1),
+]
+GPT_IDENTITY_LAYOUTS = [ParallelLayout(), ParallelLayout(tp=2, ep=2, etp=1)]
+GRADIENT_LAYOUTS = [ParallelLayout(), ParallelLayout(tp=2, sequence_parallel=True)]
+CHECKPOINT_LAYOUTS = [ParallelLayout(tp=2, ep=2, etp=1), ParallelLayout(pp=2)]
+
+
+def _tokens(vocab_size: int) -> torch.Tensor:
+    return torch.randint(0, vocab_size, (2, 16), generator=torch.Generator().manual_seed(3))
+
+
+def _worker(rank, world_size, hf_dir, converted_dir):
+    from megatron.minimax.checkpoint.hf_checkpoint import HFCheckpoint
+    from megatron.minimax.models.minimax_m2 import parity
+
+    ckpt = HFCheckpoint(hf_dir)
+    hf_config = ckpt.config
+
+    def read(name):
+        return ckpt.get(name, torch.float32)
+
+    tokens = _tokens(hf_config["vocab_size"])
+    out = {"logits": {}, "gpt_logits": {}, "grads": {}, "checkpoint": {}, "classes": None}
+    for layout in LOGITS_LAYOUTS:
+        parity.initialize_layout(layout)
+        loaded = parity.build_from_hf(hf_config, read, layout, model="hybrid")
+        if out["classes"] is None:
+            out["classes"] = sorted({type(m).__name__ for m in loaded.model.modules()})
+            out["pattern"] = loaded.hybrid_layer_pattern
+        logits = parity.megatron_logits(loaded, tokens)
+        out["logits"][str(layout)] = logits if rank == 0 else None
+        if layout in GPT_IDENTITY_LAYOUTS:
+            parity.initialize_layout(layout)
+            gpt = parity.megatron_logits(parity.build_from_hf(hf_config, read, layout), tokens)
+            out["gpt_logits"][str(layout)] = gpt if rank == 0 else None
+    for layout in GRADIENT_LAYOUTS:
+        parity.initialize_layout(layout)
+        loss, grads = parity.megatron_gradients(
+            parity.build_from_hf(hf_config, read, layout, model="hybrid"), tokens
+        )
+        out["grads"][str(layout)] = (loss, grads) if rank == 0 else None
+    for layout in CHECKPOINT_LAYOUTS:
+        loaded, rounding = parity.build_for_comparison(
+            hf_config, read, layout, load_dir=converted_dir, model="hybrid"
+        )
+        logits = parity.megatron_logits(loaded, tokens)
+        out["checkpoint"][str(layout)] = (logits, rounding) if rank == 0 else None
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(tiny_fp8_checkpoint, converted_fp8_checkpoint):
+    return run_in_processes(_worker, WORLD_SIZE, tiny_fp8_checkpoint, converted_fp8_checkpoint)[0]
+
+
+@pytest.fixture(scope="module")
+def hf_model(tiny_fp8_checkpoint):
+    return load_hf_reference_model(tiny_fp8_checkpoint)
+
+
+@pytest.fixture(scope="module")
+def tokens(hf_model):
+    return _tokens(hf_model.config.vocab_size)
+
+
+def test_model_is_a_hybrid_stack_of_attention_and_moe_layers(results):
+    assert results["pattern"] == "*E*E*E*E"  # 4 tiny decoder layers
+    classes = set(results["classes"])
+    assert {"HybridModel", "HybridStack", "MoETransformerLayer", "TransformerLayer"} <= classes
+    assert {"FullDimQKRMSNorm", "RMSNorm"} <= classes
+    assert "TENorm" not in classes and "TransformerBlock" not in classes
+
+
+@pytest.mark.parametrize("layout", LOGITS_LAYOUTS, ids=str)
+def test_logits_and_loss_match_hf(results, hf_model, tokens, layout):
+    result = compare_logits(results["logits"][str(layout)], hf_logits(hf_model, tokens), tokens)
+    assert result.max_abs_diff <= LOGITS_ATOL, result
+    assert result.loss_diff <= LOSS_ATOL, result
+
+
+@pytest.mark.parametrize("layout", GPT_IDENTITY_LAYOUTS, ids=str)
+def test_logits_are_bit_identical_to_gpt_model(results, layout):
+    hybrid, gpt = results["logits"][str(layout)], results["gpt_logits"][str(layout)]
+    assert gpt.abs().max() > 1.0
+    assert torch.equal(hybrid, gpt)
+
+
+@pytest.mark.parametrize("layout", GRADIENT_LAYOUTS, ids=str)
+def test_every_gradient_matches_hf(results, hf_model, tokens, layout):
+    loss, grads = results["grads"][str(layout)]
+    ref_loss, ref_grads = hf_gradients(hf_model, tokens)
+    assert abs(loss - ref_loss) <= LOSS_ATOL
+    errors = compare_gradients(grads, ref_grads)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= GRAD_RTOL, (worst, errors[worst])
+    assert any(".q_norm." in n for n in errors) and any(".gate.weight" in n for n in errors)
+
+
+@pytest.mark.parametrize("layout", CHECKPOINT_LAYOUTS, ids=str)
+def test_gpt_layout_checkpoint_loads_into_the_hybrid_model(
+    results, tiny_fp8_checkpoint, tokens, layout
+):
+    logits, rounding = results["checkpoint"][str(layout)]
+    assert rounding == torch.bfloat16  # hf-to-mcore stored bf16
+    reference = hf_logits(load_hf_reference_model(tiny_fp8_checkpoint, round_to=rounding), tokens)
+    result = compare_logits(logits, reference, tokens)
+    assert result.max_abs_diff <= LOGITS_ATOL, result
+    assert result.loss_diff <= LOSS_ATOL, result
