@@ -31,7 +31,9 @@ import torch.distributed as dist
 
 from megatron.minimax import launch
 from megatron.minimax.launch import (
+    MODEL_CLASS_NAMES,
     TOKEN_MASK_KEYS,
+    add_model_class_argument,
     add_parity_layout_arguments,
     distributed_process_group,
     parity_layout_from_args,
@@ -66,6 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="safetensors file: int64 'tokens' [batch, seq]; optional 'loss_mask' or "
         "'response_mask' [batch, seq] selecting the scored tokens.",
     )
+    add_model_class_argument(group)
     group = add_parity_layout_arguments(parser)
     group.add_argument(
         "--micro-batch-size",
@@ -142,7 +145,11 @@ def _score(args, checkpoint, layout, tokens, scored) -> int:
 
     try:
         loaded, rounding = parity.build_for_comparison(
-            hf_config, lambda name: checkpoint.get(name, torch.float32), layout, args.load_dir
+            hf_config,
+            lambda name: checkpoint.get(name, torch.float32),
+            layout,
+            args.load_dir,
+            model=args.model,
         )
     except (CheckpointError, ValueError) as e:
         fail(str(e))
@@ -153,7 +160,8 @@ def _score(args, checkpoint, layout, tokens, scored) -> int:
     if rank == 0:
         source = args.load_dir if args.load_dir else args.hf_dir
         lines = [
-            f"layout {layout} ({world_size} processes), tokens {list(tokens.shape)}, "
+            f"{MODEL_CLASS_NAMES[args.model]} at layout {layout} ({world_size} processes), "
+            f"tokens {list(tokens.shape)}, "
             f"{int(scored.sum())} scored positions, weights from {source}"
         ]
         outputs = {"logprobs": scores.contiguous(), "scored": scored.contiguous()}

@@ -156,6 +156,22 @@ def add_layout_arguments(
     return group
 
 
+MODEL_CLASS_NAMES = {"gpt": "GPTModel", "hybrid": "HybridModel"}
+"""``--model`` choices and the megatron-core class each builds."""
+
+MODEL_CLASS_HELP = (
+    "megatron-core model class: gpt (GPTModel) or hybrid (HybridModel, pattern '*E' per decoder "
+    "layer; the class megatron-core keeps developing). Same weights, bit-identical logits."
+)
+
+
+def add_model_class_argument(group: argparse._ArgumentGroup) -> None:
+    """``--model {gpt,hybrid}``: the megatron-core class a tool builds MiniMax-M2 as."""
+    group.add_argument(
+        "--model", choices=tuple(MODEL_CLASS_NAMES), default="gpt", help=MODEL_CLASS_HELP
+    )
+
+
 def add_parity_layout_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """The layout flags of the parity tools (:class:`~megatron.minimax.models.minimax_m2.parity.
     ParallelLayout`: even pipelines, sequence parallelism on by default with TP)."""

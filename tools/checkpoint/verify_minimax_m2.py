@@ -23,6 +23,8 @@ import torch.distributed as dist
 
 from megatron.minimax import launch
 from megatron.minimax.launch import (
+    MODEL_CLASS_NAMES,
+    add_model_class_argument,
     add_parity_layout_arguments,
     distributed_process_group,
     parity_layout_from_args,
@@ -57,6 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--batch-size", type=int, default=2, help="Random tokens: batch size.")
     group.add_argument("--seq-length", type=int, default=16, help="Random tokens: sequence length.")
     group.add_argument("--seed", type=int, default=0, help="Random tokens: generator seed.")
+    add_model_class_argument(group)
     group = add_parity_layout_arguments(parser)
     group = parser.add_argument_group(title="output")
     group.add_argument(
@@ -119,7 +122,11 @@ def _verify(args, checkpoint, layout) -> int:
 
     try:
         loaded, rounding = parity.build_for_comparison(
-            hf_config, lambda name: checkpoint.get(name, torch.float32), layout, args.load_dir
+            hf_config,
+            lambda name: checkpoint.get(name, torch.float32),
+            layout,
+            args.load_dir,
+            model=args.model,
         )
     except (CheckpointError, ValueError) as e:
         fail(str(e))
@@ -138,7 +145,8 @@ def _verify(args, checkpoint, layout) -> int:
         source = args.load_dir if args.load_dir else args.hf_dir
         print(
             f"{describe_megatron_core()}\n"
-            f"layout {layout} ({world_size} processes), tokens {list(tokens.shape)}, "
+            f"{MODEL_CLASS_NAMES[args.model]} at layout {layout} ({world_size} processes), "
+            f"tokens {list(tokens.shape)}, "
             f"weights from {source}\n"
             f"  max |logit diff|  {result.max_abs_diff:.3e}  (tolerance {args.logits_atol:g})\n"
             f"  max rel diff      {result.max_rel_diff:.3e}\n"

@@ -72,6 +72,19 @@ class TestVerifyTool:
         assert f"layout {label}" in proc.stdout and "PASS" in proc.stdout
         assert f"weights from {converted_fp8_checkpoint}" in proc.stdout
 
+    def test_hybrid_model_loads_the_gpt_layout_checkpoint(
+        self, tiny_fp8_checkpoint, converted_fp8_checkpoint
+    ):
+        # A HybridModel run reading the hf-to-mcore checkpoint through megatron-core's
+        # load-time translation of GPT checkpoints.
+        proc = _run(
+            ["--hf-dir", str(tiny_fp8_checkpoint), "--load-dir", str(converted_fp8_checkpoint),
+             "--model", "hybrid", "--tp", "2", "--ep", "2", "--etp", "1"],
+            nproc=4,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "HybridModel at layout TP2xEP2xETP1xSP" in proc.stdout and "PASS" in proc.stdout
+
     def test_layout_gloo_cannot_run_is_refused_with_one_line(self, tiny_bf16_checkpoint):
         proc = _run(["--hf-dir", str(tiny_bf16_checkpoint), "--tp", "2", "--ep", "2"], nproc=4)
         assert proc.returncode != 0

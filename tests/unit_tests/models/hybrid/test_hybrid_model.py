@@ -4,7 +4,8 @@
 One 4-process gloo launch builds the hybrid model at every layout: logits and loss against
 transformers' ``MiniMaxM2ForCausalLM`` (fp32, same weights), logits bit-identical to the GPTModel
 at the same layout, gradients (after DDP and ``finalize_model_grads``) against HF's, and the
-``hf-to-mcore`` checkpoint (GPT layout) loaded through megatron-core's load-time translation.
+``hf-to-mcore`` checkpoint (GPT layout) loaded through megatron-core's load-time translation;
+``export_hf_weights`` of the live hybrid model equals the GPTModel's, name for name, bit for bit.
 """
 
 import pytest
@@ -42,6 +43,21 @@ def _tokens(vocab_size: int) -> torch.Tensor:
     return torch.randint(0, vocab_size, (2, 16), generator=torch.Generator().manual_seed(3))
 
 
+def _export(loaded):
+    """export_hf_weights of a live model in both formats: {fmt: {name: tensor}}."""
+    from megatron.minimax.models.minimax_m2.export import export_hf_weights
+
+    return {
+        fmt: {
+            name: tensor.clone()
+            for name, tensor in export_hf_weights(
+                loaded.model, loaded.config, loaded.model_args, fmt=fmt
+            )
+        }
+        for fmt in ("bf16", "fp8")
+    }
+
+
 def _worker(rank, world_size, hf_dir, converted_dir):
     from megatron.minimax.checkpoint.hf_checkpoint import HFCheckpoint
     from megatron.minimax.models.minimax_m2 import parity
@@ -53,7 +69,14 @@ def _worker(rank, world_size, hf_dir, converted_dir):
         return ckpt.get(name, torch.float32)
 
     tokens = _tokens(hf_config["vocab_size"])
-    out = {"logits": {}, "gpt_logits": {}, "grads": {}, "checkpoint": {}, "classes": None}
+    out = {
+        "logits": {},
+        "gpt_logits": {},
+        "export": {},
+        "grads": {},
+        "checkpoint": {},
+        "classes": None,
+    }
     for layout in LOGITS_LAYOUTS:
         parity.initialize_layout(layout)
         loaded = parity.build_from_hf(hf_config, read, layout, model="hybrid")
@@ -63,9 +86,13 @@ def _worker(rank, world_size, hf_dir, converted_dir):
         logits = parity.megatron_logits(loaded, tokens)
         out["logits"][str(layout)] = logits if rank == 0 else None
         if layout in GPT_IDENTITY_LAYOUTS:
+            hybrid_export = _export(loaded)
             parity.initialize_layout(layout)
-            gpt = parity.megatron_logits(parity.build_from_hf(hf_config, read, layout), tokens)
+            gpt_loaded = parity.build_from_hf(hf_config, read, layout)
+            gpt = parity.megatron_logits(gpt_loaded, tokens)
             out["gpt_logits"][str(layout)] = gpt if rank == 0 else None
+            gpt_export = _export(gpt_loaded)  # collective: every rank exports
+            out["export"][str(layout)] = (hybrid_export, gpt_export) if rank == 0 else None
     for layout in GRADIENT_LAYOUTS:
         parity.initialize_layout(layout)
         loss, grads = parity.megatron_gradients(
@@ -116,6 +143,15 @@ def test_logits_are_bit_identical_to_gpt_model(results, layout):
     hybrid, gpt = results["logits"][str(layout)], results["gpt_logits"][str(layout)]
     assert gpt.abs().max() > 1.0
     assert torch.equal(hybrid, gpt)
+
+
+@pytest.mark.parametrize("layout", GPT_IDENTITY_LAYOUTS, ids=str)
+@pytest.mark.parametrize("fmt", ["bf16", "fp8"])
+def test_export_hf_weights_equals_the_gpt_model_export(results, layout, fmt):
+    hybrid, gpt = (export[fmt] for export in results["export"][str(layout)])
+    assert len(gpt) > 100 and list(hybrid) == list(gpt)  # same names, same order
+    assert all(torch.equal(hybrid[name], gpt[name]) for name in gpt)
+    assert hybrid["model.layers.0.block_sparse_moe.gate.weight"].dtype == torch.float32
 
 
 @pytest.mark.parametrize("layout", GRADIENT_LAYOUTS, ids=str)

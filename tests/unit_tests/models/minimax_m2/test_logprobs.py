@@ -206,6 +206,14 @@ def masked_tokens_file(tmp_path_factory):
 
 
 class TestScoreLogProbsTool:
+    def test_hybrid_model_scores_like_hf(self, tiny_bf16_checkpoint, masked_tokens_file):
+        proc = _run_tool(
+            ["--hf-dir", str(tiny_bf16_checkpoint), "--model", "hybrid", "--tokens-file",
+             str(masked_tokens_file), "--compare-hf"],
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "HybridModel at layout TP1" in proc.stdout and "PASS" in proc.stdout
+
     def test_tp2_scores_masked_tokens_like_hf(
         self, tiny_bf16_checkpoint, masked_tokens_file, tmp_path
     ):
