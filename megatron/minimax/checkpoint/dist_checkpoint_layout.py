@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import socket
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple, Union
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import torch
 import torch.distributed
@@ -182,18 +182,43 @@ def _destroy_model_parallel() -> None:
             setattr(parallel_state, name, None)
 
 
+def model_class_of_keys(keys: Iterable[str]) -> str:
+    """``"gpt"`` or ``"hybrid"``: the model class whose ``sharded_state_dict()`` wrote these
+    torch_dist keys. A ``GPTModel`` stacks its decoder layers under ``decoder.layers.<name>``
+    and has ``decoder.final_layernorm``; a ``HybridModel`` keys every layer
+    ``decoder.layers.<i>.<name>`` and has ``decoder.final_norm``.
+
+    Raises:
+        ValueError: neither final norm is there.
+    """
+    keys = list(keys)
+    if any(key.startswith("decoder.final_norm.") for key in keys):
+        return "hybrid"
+    if any(key.startswith("decoder.final_layernorm.") for key in keys):
+        return "gpt"
+    raise ValueError("neither decoder.final_layernorm nor decoder.final_norm is in the checkpoint")
+
+
 def dist_checkpoint_layout(
-    hf_config: Dict, dtype: torch.dtype, mtp_num_layers: Optional[int] = None
+    hf_config: Dict,
+    dtype: torch.dtype,
+    mtp_num_layers: Optional[int] = None,
+    model: str = "gpt",
 ) -> DistCheckpointLayout:
     """The torch_dist layout of the MiniMax-M2 model described by ``hf_config``, stored in
-    ``dtype`` (the router gate and expert bias are fp32 whatever ``dtype`` is).
+    ``dtype`` (the router gate and expert bias are fp32 whatever ``dtype`` is), as a ``GPTModel``
+    (``model="gpt"``) or a ``HybridModel`` (``"hybrid"``) saves it.
 
     Builds the model on the meta device (no memory for weights), so it is cheap for the 229B
     model. Needs a process group (see :func:`single_process_group`).
     """
     from megatron.minimax.models.conversion.model_weights import model_tensors
     from megatron.minimax.models.minimax_m2.hf_config import minimax_m2_config_from_hf
-    from megatron.minimax.models.minimax_m2.model import build_minimax_m2_model
+    from megatron.minimax.models.minimax_m2.hybrid_pattern import minimax_m2_hybrid_config
+    from megatron.minimax.models.minimax_m2.model import (
+        build_minimax_m2_hybrid_model,
+        build_minimax_m2_model,
+    )
 
     config, model_args = minimax_m2_config_from_hf(
         hf_config,
@@ -204,14 +229,13 @@ def dist_checkpoint_layout(
         perform_initialization=False,
         transformer_impl="local",
     )
+    stage = dict(use_transformer_engine=False, pre_process=True, post_process=True)
     with torch.device("meta"):
-        model = build_minimax_m2_model(
-            config,
-            model_args,
-            use_transformer_engine=False,
-            pre_process=True,
-            post_process=True,
-        )
+        if model == "hybrid":
+            config, pattern = minimax_m2_hybrid_config(config)
+            model = build_minimax_m2_hybrid_model(config, model_args, pattern, **stage)
+        else:
+            model = build_minimax_m2_model(config, model_args, **stage)
     canonical = {mt.local_name: mt.canonical_name for mt in model_tensors(model)}
     units, objects = [], []
     for local_name, sharded in model.sharded_state_dict().items():

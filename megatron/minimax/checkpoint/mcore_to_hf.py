@@ -1,15 +1,18 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
 """Export a Megatron torch_dist MiniMax-M2 checkpoint to the released HF format, streaming.
 
-The checkpoint is read lazily: its ``.metadata`` is parsed once, the model layout (keys, global
-shapes, chunk offsets, GLU split of expert ``linear_fc1``) is taken from the model's own
-``sharded_state_dict()`` at TP=PP=EP=1 (:mod:`dist_checkpoint_layout`), and the regions of a few
-model tensors at a time are read through PyTorch DCP, which reshards whatever layout the checkpoint
-was saved at. Each tensor is mapped to its HF tensors by the weight table, cast or quantised, and
-written straight to its place in a safetensors shard whose header was planned before any data was
-read (all names, shapes and dtypes are known from the layout). Memory therefore holds one read
-group of model tensors plus the HF tensors of one of them, whatever the checkpoint size; no shard
-is ever assembled in memory.
+The checkpoint is read lazily (:mod:`dist_checkpoint_reader`): its ``.metadata`` is parsed
+once, the model layout (keys, global shapes, chunk offsets, GLU split of expert ``linear_fc1``) is
+taken from the model's own ``sharded_state_dict()`` at TP=PP=EP=1 (:mod:`dist_checkpoint_layout`)
+of the class that saved it (``GPTModel`` or ``HybridModel``, told apart by the keys), and the
+regions of a few model tensors at a time are read through PyTorch DCP, which reshards whatever
+layout the checkpoint was saved at. The export is planned before any data is read
+(:mod:`hf_export_plan`): each tensor is mapped to its HF tensors by the weight table, and every
+safetensors shard's header is fixed (:mod:`safetensors_shards`); each tensor is then cast or
+quantised and written straight to its place. Memory therefore holds one read group of model tensors
+plus the HF tensors of one of them, whatever the checkpoint size; no shard is ever assembled in
+memory. The reference directory gives the config and the non-weight files
+(:mod:`hf_reference_files`).
 
 FP8 rules (``fmt="fp8"``):
 
@@ -33,78 +36,56 @@ import copy
 import dataclasses
 import json
 import logging
-import math
 import os
 import re
-import shutil
-import struct
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple, Union
+from typing import Dict, Iterable, List, Optional, Set, Tuple, Union
 
 import torch
-from torch.distributed.checkpoint import FileSystemReader, load
-from torch.distributed.checkpoint.metadata import (
-    ChunkStorageMetadata,
-    Metadata,
-    TensorStorageMetadata,
-)
-from torch.distributed.checkpoint.planner import LoadPlan, LoadPlanner, ReadItem
-from torch.distributed.checkpoint.planner_helpers import create_read_items_for_chunk_list
 
 from megatron.minimax.checkpoint.dist_checkpoint_layout import (
-    CheckpointChunk,
-    CheckpointUnit,
     dist_checkpoint_layout,
+    model_class_of_keys,
     single_process_group,
 )
-from megatron.minimax.checkpoint.fp8_blockwise import (
-    dequantize_blockwise,
-    quantize_blockwise,
-    scale_inv_shape,
-)
+from megatron.minimax.checkpoint.dist_checkpoint_reader import DistCheckpointReader
+from megatron.minimax.checkpoint.fp8_blockwise import dequantize_blockwise, quantize_blockwise
 from megatron.minimax.checkpoint.hf_checkpoint import (
     CONFIG_FILE,
     INDEX_FILE,
     SCALE_SUFFIX,
-    SINGLE_FILE,
     CheckpointError,
     HFCheckpoint,
     find_nonfinite,
 )
-from megatron.minimax.checkpoint.output_dir import atomic_output_dir, free_bytes
-from megatron.minimax.models.conversion.mappings import (
-    MappingContext,
-    WeightMapping,
-    WeightMappingTable,
+from megatron.minimax.checkpoint.hf_export_plan import (
+    ExportJob,
+    check_config,
+    check_exhaustive,
+    match_layout,
+    output_groups,
+    plan_jobs,
+    read_groups,
 )
+from megatron.minimax.checkpoint.hf_reference_files import (
+    copy_reference_files,
+    export_config,
+    read_reference,
+)
+from megatron.minimax.checkpoint.output_dir import atomic_output_dir, free_bytes
+from megatron.minimax.checkpoint.safetensors_shards import SafetensorsShard, ShardPlan
+from megatron.minimax.models.conversion.mappings import MappingContext
 
-__all__ = ["DistCheckpointReader", "ExportStats", "convert_mcore_to_hf", "parse_size"]
+__all__ = ["ExportStats", "convert_mcore_to_hf", "parse_size"]
 
 logger = logging.getLogger(__name__)
 
 # torch_dist keys that belong to the model (everything else, e.g. optimizer state, is ignored).
 _MODEL_KEY_PREFIXES = ("embedding.", "decoder.", "output_layer.", "mtp.")
 _MTP_KEY = re.compile(r"mtp\.layers\.(\d+)\.")
-
-# Files of the reference directory that are weights (never copied): safetensors shards and
-# their index, and every pickle-based or foreign weight format.
-_WEIGHT_SUFFIXES = (
-    ".safetensors",
-    ".bin",
-    ".pt",
-    ".pth",
-    ".ckpt",
-    ".pkl",
-    ".pickle",
-    ".gguf",
-    ".h5",
-    ".msgpack",
-    ".onnx",
-)
-_SKIPPED_DIRS = {".git", ".cache", ".huggingface"}
 
 _SIZE_UNITS = {
     "": 1,
@@ -120,12 +101,8 @@ _SIZE_UNITS = {
 }
 _SIZE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*\Z")
 
-_SAFETENSORS_NAMES = {
-    torch.float32: "F32",
-    torch.bfloat16: "BF16",
-    torch.float16: "F16",
-    torch.float8_e4m3fn: "F8_E4M3",
-}
+
+_MODEL_CLASS_NAMES = {"gpt": "GPTModel", "hybrid": "HybridModel"}
 
 DEFAULT_READ_GROUP_BYTES = 256 * 2**20
 """Checkpoint bytes requested from DCP per read (consecutive model tensors, at least one)."""
@@ -157,6 +134,8 @@ class ExportStats:
 
     source: str = ""
     fmt: str = "bf16"
+    model_class: str = "gpt"
+    """Layout of the checkpoint: ``"gpt"`` (GPTModel) or ``"hybrid"`` (HybridModel)."""
     tensors_written: int = 0
     """HF weight tensors written (``weight_scale_inv`` companions not counted)."""
     scales_written: int = 0
@@ -185,7 +164,8 @@ class ExportStats:
         lines = [
             f"exported {self.tensors_written} tensors (+{self.scales_written} weight_scale_inv) "
             f"as {self.fmt} in {self.shards} shards ({self.bytes_written / gib:.2f} GiB) from "
-            f"{self.source}: read {self.bytes_read / gib:.2f} GiB in {self.seconds:.1f} s "
+            f"{self.source} ({_MODEL_CLASS_NAMES[self.model_class]} layout): read "
+            f"{self.bytes_read / gib:.2f} GiB in {self.seconds:.1f} s "
             f"({rate:.2f} GiB/s)"
         ]
         if self.fmt == "fp8":
@@ -218,274 +198,6 @@ class ExportStats:
         return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------- reading
-
-
-class _CachedMetadataReader(FileSystemReader):
-    """A DCP ``FileSystemReader`` that parses ``.metadata`` once per instance (DCP's ``load``
-    asks for it on every call)."""
-
-    def __init__(self, path: Union[str, os.PathLike]):
-        super().__init__(path)
-        self._metadata: Optional[Metadata] = None
-
-    def read_metadata(self, *args, **kwargs) -> Metadata:
-        if self._metadata is None:
-            self._metadata = super().read_metadata(*args, **kwargs)
-        return self._metadata
-
-
-class _RegionPlanner(LoadPlanner):
-    """Loads chunk regions of global tensors into caller-provided CPU tensors.
-
-    ``state_dict`` maps ``(key, global_offset)`` to the destination tensor of that region (in the
-    global tensor's rank, i.e. with prepended layer/expert axes of size 1).
-    """
-
-    def __init__(self, regions: Dict[Tuple[str, Tuple[int, ...]], torch.Tensor]):
-        self.regions = regions
-        self.covered: Dict[Tuple[str, Tuple[int, ...]], int] = {}
-
-    def set_up_planner(self, state_dict, metadata=None, is_coordinator=False) -> None:
-        self.metadata = metadata
-
-    def create_local_plan(self) -> LoadPlan:
-        items: List[ReadItem] = []
-        for (key, offset), dest in self.regions.items():
-            md = self.metadata.state_dict_metadata[key]
-            chunk = ChunkStorageMetadata(offsets=torch.Size(offset), sizes=dest.shape)
-            reads = create_read_items_for_chunk_list(key, md, [chunk])
-            self.covered[(key, offset)] = sum(math.prod(r.lengths) for r in reads)
-            items.extend(reads)
-        return LoadPlan(items)
-
-    def create_global_plan(self, global_plan: List[LoadPlan]) -> List[LoadPlan]:
-        return global_plan
-
-    def finish_plan(self, central_plan: LoadPlan) -> LoadPlan:
-        return central_plan
-
-    def load_bytes(self, read_item, value) -> None:
-        raise CheckpointError(f"unexpected non-tensor read of {read_item.dest_index.fqn}")
-
-    def resolve_tensor(self, read_item: ReadItem) -> torch.Tensor:
-        index = read_item.dest_index
-        dest = self.regions[(index.fqn, tuple(index.offset))]
-        for dim, (offset, length) in enumerate(zip(read_item.dest_offsets, read_item.lengths)):
-            dest = dest.narrow(dim, offset, length)
-        return dest
-
-    def commit_tensor(self, read_item, tensor) -> None:
-        pass
-
-
-class DistCheckpointReader:
-    """Reads regions of a torch_dist checkpoint's tensors, whatever layout it was saved at.
-
-    ``.metadata`` is parsed once. Each :meth:`read` is one DCP load of only the stored chunks
-    that overlap the requested regions.
-
-    Args:
-        directory: the torch_dist directory (the one holding ``.metadata``).
-    """
-
-    def __init__(self, directory: Union[str, os.PathLike]):
-        self.directory = Path(directory)
-        if not (self.directory / ".metadata").is_file():
-            raise CheckpointError(
-                f"{self.directory}: not a torch_dist checkpoint (no .metadata); only "
-                f"--ckpt-format torch_dist checkpoints are supported"
-            )
-        backend = self._backend()
-        if backend not in (None, "torch_dist"):
-            raise CheckpointError(
-                f"{self.directory}/metadata.json: sharded_backend is {backend!r}, only "
-                f"'torch_dist' is supported"
-            )
-        self._reader = _CachedMetadataReader(self.directory)
-        try:
-            self.metadata: Metadata = self._reader.read_metadata()
-        except Exception as e:  # pickle, EOF, ... errors of a corrupt file
-            raise CheckpointError(f"{self.directory}/.metadata: cannot read ({e})") from e
-        self.tensors: Dict[str, TensorStorageMetadata] = {
-            key: md
-            for key, md in self.metadata.state_dict_metadata.items()
-            if isinstance(md, TensorStorageMetadata)
-        }
-
-    def _backend(self) -> Optional[str]:
-        path = self.directory / "metadata.json"
-        if not path.is_file():
-            return None
-        try:
-            return json.loads(path.read_text()).get("sharded_backend")
-        except (OSError, ValueError, AttributeError) as e:
-            raise CheckpointError(f"{path}: cannot parse ({e})") from e
-
-    def shape(self, key: str) -> Tuple[int, ...]:
-        return tuple(self.tensors[key].size)
-
-    def dtype(self, key: str) -> torch.dtype:
-        return self.tensors[key].properties.dtype
-
-    def read(self, chunks: Sequence[CheckpointChunk]) -> List[torch.Tensor]:
-        """The data of ``chunks`` (one new CPU tensor each, in the chunk's shape)."""
-        regions = {}
-        for chunk in chunks:
-            regions[(chunk.key, chunk.global_offset)] = torch.empty(
-                chunk.chunk_shape, dtype=chunk.dtype
-            )
-        planner = _RegionPlanner(regions)
-        try:
-            load({}, storage_reader=self._reader, planner=planner, no_dist=True)
-        except CheckpointError:
-            raise
-        except Exception as e:
-            keys = sorted({c.key for c in chunks})
-            raise CheckpointError(
-                f"{self.directory}: cannot read {keys[:3]}{' ...' if len(keys) > 3 else ''}: {e}"
-            ) from e
-        for chunk in chunks:
-            got = planner.covered[(chunk.key, chunk.global_offset)]
-            if got != math.prod(chunk.chunk_shape):
-                raise CheckpointError(
-                    f"{self.directory}: tensor {chunk.key} region at {list(chunk.global_offset)} "
-                    f"of shape {list(chunk.chunk_shape)} is only partly stored ({got} of "
-                    f"{math.prod(chunk.chunk_shape)} elements)"
-                )
-        return [regions[(c.key, c.global_offset)] for c in chunks]
-
-
-# ---------------------------------------------------------------------------------------- writing
-
-
-@dataclass
-class _Output:
-    """One tensor of the HF output, planned before any data is read."""
-
-    name: str
-    shape: Tuple[int, ...]
-    dtype: torch.dtype
-    shard: int = -1
-    offset: int = -1
-    """Byte offset in the shard's data section."""
-
-    @property
-    def nbytes(self) -> int:
-        return math.prod(self.shape) * self.dtype.itemsize
-
-    def header_entry(self) -> Dict:
-        return {
-            "dtype": _SAFETENSORS_NAMES[self.dtype],
-            "shape": list(self.shape),
-            "data_offsets": [self.offset, self.offset + self.nbytes],
-        }
-
-
-def _entry_bound(output: _Output, max_offset: int) -> int:
-    """Upper bound of the header bytes ``output`` adds (offsets printed at their widest)."""
-    entry = {
-        "dtype": _SAFETENSORS_NAMES[output.dtype],
-        "shape": list(output.shape),
-        "data_offsets": [max_offset, max_offset],
-    }
-    return len(json.dumps({output.name: entry}, separators=(",", ":"))) - 1  # "{" / "}" -> ","
-
-
-_HEADER_FIXED = len(json.dumps({"__metadata__": {"format": "pt"}}, separators=(",", ":"))) + 8 + 7
-"""Length field, metadata entry and alignment padding of a safetensors header."""
-
-
-def _assign_shards(groups: List[List[_Output]], max_shard_bytes: int) -> int:
-    """Packs groups (a weight and its scale stay together) in order into shards whose file size
-    is at most ``max_shard_bytes``; a group that alone exceeds it gets a shard of its own.
-    Returns the number of shards."""
-    shard, size = 0, 0
-    for group in groups:
-        need = sum(o.nbytes + _entry_bound(o, max_shard_bytes) for o in group)
-        if size and size + need > max_shard_bytes:
-            shard, size = shard + 1, 0
-        if not size:
-            size = _HEADER_FIXED
-            if size + need > max_shard_bytes:
-                logger.warning(
-                    "%s (%d bytes) exceeds the shard size %d; it gets a shard of its own",
-                    group[0].name,
-                    group[0].nbytes,
-                    max_shard_bytes,
-                )
-        for output in group:
-            output.shard = shard
-        size += need
-    return shard + 1 if groups else 0
-
-
-class _SafetensorsShard:
-    """A safetensors file whose header is written first; tensor data is then written at its
-    planned offset in any order. Tensors are laid out by descending element size (as safetensors
-    itself does), so every tensor is aligned to its element size."""
-
-    def __init__(self, index: int, path: Path, outputs: List[_Output]):
-        self.index = index
-        self.path = path
-        offset = 0
-        for output in sorted(outputs, key=lambda o: (-o.dtype.itemsize, o.name)):
-            output.offset = offset
-            offset += output.nbytes
-        self.data_bytes = offset
-        self._pending = {o.name: o for o in outputs}
-        header = {"__metadata__": {"format": "pt"}}
-        header.update((o.name, o.header_entry()) for o in sorted(outputs, key=lambda o: o.offset))
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)
-        self._data_start = 8 + len(raw)
-        self.file_bytes = self._data_start + self.data_bytes
-        self._stream = open(path, "wb")
-        self._stream.write(struct.pack("<Q", len(raw)))
-        self._stream.write(raw)
-        self._stream.truncate(self.file_bytes)
-
-    def write(self, name: str, tensor: torch.Tensor) -> int:
-        output = self._pending.pop(name)
-        if tuple(tensor.shape) != output.shape or tensor.dtype != output.dtype:
-            raise CheckpointError(
-                f"{self.path}: internal error: {name} is {tensor.dtype} {list(tensor.shape)}, "
-                f"planned {output.dtype} {list(output.shape)}"
-            )
-        data = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._stream.seek(self._data_start + output.offset)
-        self._stream.write(data.data)
-        return output.nbytes
-
-    def close(self) -> None:
-        if self._pending:
-            raise CheckpointError(
-                f"{self.path}: internal error: tensors {sorted(self._pending)[:5]} never written"
-            )
-        self._stream.flush()
-        os.fsync(self._stream.fileno())
-        self._stream.close()
-
-    def abort(self) -> None:
-        if not self._stream.closed:
-            self._stream.close()
-
-
-# ---------------------------------------------------------------------------------------- planning
-
-
-@dataclass
-class _Job:
-    """One model tensor: the unit to read and the HF tensors it becomes."""
-
-    unit: CheckpointUnit
-    mapping: WeightMapping
-    names: Tuple[str, ...]
-    shapes: Tuple[Tuple[int, ...], ...]
-    out_dtypes: Tuple[torch.dtype, ...]
-    quantized: Tuple[bool, ...]
-
-
 def _bit_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.dtype != b.dtype or a.shape != b.shape:
         return False
@@ -496,113 +208,6 @@ def _bit_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _mtp_layers(keys: Iterable[str]) -> Set[int]:
     return {int(m.group(1)) for m in map(_MTP_KEY.match, keys) if m}
-
-
-def _check_config(config: Dict, reader: DistCheckpointReader, config_path: Path) -> None:
-    """The reference config.json must describe the checkpoint's model (one-line error naming the
-    config value and the checkpoint tensor it contradicts)."""
-    head_dim = config["head_dim"]
-    derived = [
-        ("hidden_size", "embedding.word_embeddings.weight", 1, 1),
-        ("num_hidden_layers", "decoder.layers.self_attention.linear_qkv.weight", 0, 1),
-        ("num_local_experts", "decoder.layers.mlp.router.weight", 1, 1),
-        ("num_attention_heads", "decoder.layers.self_attention.q_layernorm.weight", 1, head_dim),
-        ("num_key_value_heads", "decoder.layers.self_attention.k_layernorm.weight", 1, head_dim),
-        ("intermediate_size", "decoder.layers.mlp.experts.experts.linear_fc2.weight", -1, 1),
-    ]
-    for hf_key, key, dim, unit in derived:
-        if key not in reader.tensors:
-            raise CheckpointError(
-                f"{reader.directory}: no tensor {key}; not a MiniMax-M2 Megatron checkpoint"
-            )
-        shape = reader.shape(key)
-        value = shape[dim]
-        if value != config[hf_key] * unit:
-            what = f"{hf_key}={config[hf_key]}"
-            if unit != 1:
-                what += f" (x head_dim {head_dim} = {config[hf_key] * unit})"
-            raise CheckpointError(
-                f"{config_path}: {what} does not match the checkpoint {reader.directory}, whose "
-                f"{key} has shape {list(shape)} (dimension {dim} = {value})"
-            )
-    rows = reader.shape("embedding.word_embeddings.weight")[0]
-    if rows < config["vocab_size"]:
-        raise CheckpointError(
-            f"{config_path}: vocab_size={config['vocab_size']} does not match the checkpoint "
-            f"{reader.directory}, whose embedding has only {rows} rows"
-        )
-
-
-def _read_reference(path: Path) -> Tuple[Dict, Optional[HFCheckpoint]]:
-    """The reference config, and its weights when it has any (a directory with only config and
-    tokenizer files is a valid reference for a BF16 export or a release-set FP8 export)."""
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: reference directory does not exist")
-    if (path / INDEX_FILE).is_file() or (path / SINGLE_FILE).is_file():
-        reference = HFCheckpoint(path)
-        reference.validate()
-        return dict(reference.config), reference
-    config_path = path / CONFIG_FILE
-    if not config_path.is_file():
-        raise CheckpointError(f"{config_path}: missing (the reference needs config.json)")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{config_path}: cannot parse JSON: {e}") from e
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{config_path}: not a JSON object")
-    return config, None
-
-
-def _export_config(config: Dict, fmt: str, quantization_config: Optional[Dict]) -> Dict:
-    out = copy.deepcopy(config)
-    out.pop("quantization_config", None)
-    if fmt == "fp8":
-        out["quantization_config"] = copy.deepcopy(quantization_config)
-    # Unquantised tensors are bf16 in both formats (the router is fp32 in both).
-    out["torch_dtype"] = "bfloat16"
-    if "dtype" in out:
-        out["dtype"] = "bfloat16"
-    return out
-
-
-def _allowed_roots(root: Path) -> List[Path]:
-    root = root.resolve()
-    roots = [root]
-    if root.parent.name == "snapshots":
-        # huggingface_hub cache: snapshots/<rev>/<file> -> ../../blobs/<sha>.
-        roots.append(root.parent.parent / "blobs")
-    return roots
-
-
-def _copy_reference_files(reference: Path, destination: Path) -> List[str]:
-    """Copies every non-weight file of the reference (tokenizer, chat template, generation config,
-    remote code, README, ...) except config.json; returns the relative paths copied."""
-    roots = _allowed_roots(reference)
-    copied = []
-    for dirpath, dirnames, filenames in os.walk(reference):
-        dirnames[:] = sorted(d for d in dirnames if d not in _SKIPPED_DIRS)
-        rel_dir = Path(dirpath).relative_to(reference)
-        for name in sorted(filenames):
-            rel = rel_dir / name
-            lower = name.lower()
-            if rel == Path(CONFIG_FILE) or lower.endswith(_WEIGHT_SUFFIXES):
-                continue
-            if lower.endswith(".index.json") and (
-                ".safetensors." in lower or ".bin." in lower or lower == INDEX_FILE
-            ):
-                continue
-            source = Path(dirpath) / name
-            resolved = source.resolve()
-            if not resolved.is_file() or not any(resolved.is_relative_to(r) for r in roots):
-                logger.warning(
-                    "not copying %s: it resolves outside the reference directory", source
-                )
-                continue
-            (destination / rel_dir).mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(resolved, destination / rel)
-            copied.append(rel.as_posix())
-    return copied
 
 
 class _Progress:
@@ -696,7 +301,7 @@ def convert_mcore_to_hf(
     except ValueError as e:
         raise CheckpointError(f"{load_dir}/latest_checkpointed_iteration.txt: {e}") from None
     reader = DistCheckpointReader(dist_dir)
-    config, reference = _read_reference(reference_dir)
+    config, reference = read_reference(reference_dir)
     config_path = reference_dir / CONFIG_FILE
     try:
         megatron_config, model_args = minimax_m2_config_from_hf(config)
@@ -724,12 +329,17 @@ def convert_mcore_to_hf(
             )
         stats.dropped_mtp_layers = len(layers)
         stats.dropped_mtp_tensors = len(mtp_keys)
-    _check_config(config, reader, config_path)
+    try:
+        model = model_class_of_keys(reader.tensors)
+    except ValueError as e:
+        raise CheckpointError(f"{dist_dir}: {e}; not a MiniMax-M2 model checkpoint") from None
+    stats.model_class = model
+    check_config(config, reader, config_path, model)
 
     # The group is only needed to build the (meta) model for the layout.
     with single_process_group():
-        layout = dist_checkpoint_layout(config, dtype)
-    units = _match_layout(layout.units, reader, config_path)
+        layout = dist_checkpoint_layout(config, dtype, model=model)
+    units = match_layout(layout.units, reader, config_path)
     expected_keys = {c.key for u in units for c in u.chunks}
     unexpected = sorted(set(model_keys) - expected_keys - set(mtp_keys))
     if unexpected:
@@ -754,9 +364,9 @@ def convert_mcore_to_hf(
         if reference is not None:
             quantized_names = {n for n in reference.tensor_names() if reference.is_quantized(n)}
 
-    jobs = _plan_jobs(units, MINIMAX_M2_WEIGHTS, ctx, fmt, quantized_names)
-    _check_exhaustive(jobs, MINIMAX_M2_WEIGHTS, config, quantized_names, reference_dir)
-    plan = _ShardPlan(jobs, block_size, max_shard_bytes)
+    jobs = plan_jobs(units, MINIMAX_M2_WEIGHTS, ctx, fmt, quantized_names)
+    check_exhaustive(jobs, MINIMAX_M2_WEIGHTS, config, quantized_names, reference_dir)
+    plan = ShardPlan(output_groups(jobs, block_size), max_shard_bytes)
 
     bar = _Progress(progress, plan.total_bytes, sum(len(j.names) for j in jobs))
     try:
@@ -786,9 +396,9 @@ def convert_mcore_to_hf(
             stats.shards = len(plan.file_names)
             index = {"metadata": {"total_size": plan.total_bytes}, "weight_map": weight_map}
             (work / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
-            exported = _export_config(config, fmt, quantization_config)
+            exported = export_config(config, fmt, quantization_config)
             (work / CONFIG_FILE).write_text(json.dumps(exported, indent=2) + "\n")
-            stats.copied_files = _copy_reference_files(reference_dir, work)
+            stats.copied_files = copy_reference_files(reference_dir, work)
             stats.seconds = time.time() - start
     finally:
         bar.close()
@@ -803,38 +413,12 @@ def convert_mcore_to_hf(
     return stats
 
 
-class _ShardPlan:
-    """Every output tensor with its shard, planned before any data is read."""
-
-    def __init__(self, jobs: List["_Job"], block_size: Tuple[int, int], max_shard_bytes: int):
-        groups: List[List[_Output]] = []
-        for job in jobs:
-            for name, shape, dtype, quant in zip(
-                job.names, job.shapes, job.out_dtypes, job.quantized
-            ):
-                group = [_Output(name, shape, dtype)]
-                if quant:
-                    scale_shape = scale_inv_shape(shape, block_size)
-                    group.append(_Output(name + SCALE_SUFFIX, scale_shape, torch.float32))
-                groups.append(group)
-        num_shards = _assign_shards(groups, max_shard_bytes)
-        outputs = [o for g in groups for o in g]
-        self.total_bytes = sum(o.nbytes for o in outputs)
-        width = max(5, len(str(num_shards)))
-        # Zero-based like the releases, with an "of" count that matches the number of files.
-        self.file_names = [
-            f"model-{i:0{width}d}-of-{num_shards:0{width}d}.safetensors" for i in range(num_shards)
-        ]
-        self.outputs_of_shard: Dict[int, List[_Output]] = {}
-        for o in outputs:
-            self.outputs_of_shard.setdefault(o.shard, []).append(o)
-        self.shard_of = {o.name: o.shard for o in outputs}
 
 
 def _write_shards(
     work: Path,
-    plan: _ShardPlan,
-    jobs: List["_Job"],
+    plan: ShardPlan,
+    jobs: List[ExportJob],
     reader: DistCheckpointReader,
     reference: Optional[HFCheckpoint],
     ctx: MappingContext,
@@ -845,10 +429,10 @@ def _write_shards(
 ) -> Dict[str, str]:
     """Reads the checkpoint group by group and writes every planned tensor; returns the sorted
     weight map. Shards are filled in order, so one file is open at a time."""
-    shard: Optional[_SafetensorsShard] = None
+    shard: Optional[SafetensorsShard] = None
     weight_map: Dict[str, str] = {}
     try:
-        for read_group in _read_groups(jobs, read_group_bytes):
+        for read_group in read_groups(jobs, read_group_bytes):
             pieces = iter(reader.read([c for job in read_group for c in job.unit.chunks]))
             for job in read_group:
                 full = job.unit.from_chunks([next(pieces) for _ in job.unit.chunks])
@@ -866,7 +450,7 @@ def _write_shards(
                             if shard is not None:
                                 shard.close()
                             path = work / plan.file_names[index]
-                            shard = _SafetensorsShard(index, path, plan.outputs_of_shard[index])
+                            shard = SafetensorsShard(index, path, plan.outputs_of_shard[index])
                         nbytes += shard.write(out_name, tensor)
                         weight_map[out_name] = plan.file_names[index]
                     stats.bytes_written += nbytes
@@ -886,131 +470,14 @@ def _write_shards(
     return dict(sorted(weight_map.items()))
 
 
-def _match_layout(
-    units: List[CheckpointUnit], reader: DistCheckpointReader, config_path: Path
-) -> List[CheckpointUnit]:
-    """Checks every unit's chunks against the checkpoint's tensors, and that the units tile each
-    tensor exactly (so every stored element is read exactly once). The vocabulary rows follow the
-    checkpoint, which may be padded differently from this tool's default."""
-    out = []
-    covered: Dict[str, int] = {}
-    for unit in units:
-        if unit.canonical_name in ("embedding.word_embeddings.weight", "output_layer.weight"):
-            unit = _with_vocab_rows(unit, reader)
-        for chunk in unit.chunks:
-            if chunk.key not in reader.tensors:
-                raise CheckpointError(
-                    f"{reader.directory}: tensor {chunk.key} (for {unit.canonical_name}) is "
-                    f"missing; the checkpoint does not match {config_path}"
-                )
-            shape, dtype = reader.shape(chunk.key), reader.dtype(chunk.key)
-            if shape != chunk.global_shape or dtype != chunk.dtype:
-                raise CheckpointError(
-                    f"{reader.directory}: tensor {chunk.key} is {dtype} {list(shape)}, the model "
-                    f"described by {config_path} has {chunk.dtype} {list(chunk.global_shape)}"
-                )
-            covered[chunk.key] = covered.get(chunk.key, 0) + math.prod(chunk.chunk_shape)
-        out.append(unit)
-    for key, count in covered.items():
-        md = reader.tensors[key]
-        stored = sum(math.prod(c.sizes) for c in md.chunks)
-        if count != math.prod(md.size) or stored != count:
-            raise CheckpointError(
-                f"{reader.directory}: tensor {key} {list(md.size)} has {stored} stored elements "
-                f"and the model reads {count}; expected {math.prod(md.size)} each (overlapping or "
-                f"missing chunks)"
-            )
-    return out
 
 
-def _with_vocab_rows(unit: CheckpointUnit, reader: DistCheckpointReader) -> CheckpointUnit:
-    (chunk,) = unit.chunks
-    if chunk.key not in reader.tensors:
-        return unit
-    rows = reader.shape(chunk.key)[0]
-    if rows == unit.shape[0] or len(unit.shape) != 2:
-        return unit
-    shape = (rows, unit.shape[1])
-    chunk = dataclasses.replace(chunk, global_shape=shape, chunk_shape=shape)
-    return dataclasses.replace(unit, shape=shape, chunks=[chunk])
 
 
-def _plan_jobs(
-    units: List[CheckpointUnit],
-    table: WeightMappingTable,
-    ctx: MappingContext,
-    fmt: str,
-    quantized_names: Set[str],
-) -> List[_Job]:
-    jobs = []
-    for unit in units:
-        try:
-            mapping, fields = table.resolve_megatron(unit.canonical_name)
-        except KeyError:
-            raise CheckpointError(f"no HF mapping for checkpoint tensor {unit.canonical_name}")
-        names = mapping.hf_names(**fields)
-        shapes = tuple(
-            tuple(t.shape)
-            for t in mapping.to_hf(torch.empty(unit.shape, dtype=unit.dtype, device="meta"), ctx)
-        )
-        out_dtypes, quantized = [], []
-        for name, shape in zip(names, shapes):
-            quant = fmt == "fp8" and (name in quantized_names if quantized_names else mapping.fp8)
-            if quant and len(shape) != 2:
-                raise CheckpointError(f"{name}: {list(shape)} is not 2-D, cannot quantise to FP8")
-            quantized.append(quant)
-            out_dtypes.append(torch.float8_e4m3fn if quant else mapping.stored_dtype(False))
-        jobs.append(_Job(unit, mapping, names, shapes, tuple(out_dtypes), tuple(quantized)))
-    return jobs
 
 
-def _check_exhaustive(
-    jobs: List[_Job],
-    table: WeightMappingTable,
-    config: Dict,
-    quantized_names: Set[str],
-    reference_dir: Path,
-) -> None:
-    produced: Dict[str, str] = {}
-    for job in jobs:
-        for name in job.names:
-            if name in produced:
-                raise CheckpointError(
-                    f"HF tensor {name} would be produced by both {produced[name]} and "
-                    f"{job.unit.canonical_name}"
-                )
-            produced[name] = job.unit.canonical_name
-    expected = {
-        name
-        for mapping, fields in table.expand(
-            config["num_hidden_layers"], config["num_local_experts"]
-        )
-        for name in mapping.hf_names(**fields)
-    }
-    missing, extra = sorted(expected - set(produced)), sorted(set(produced) - expected)
-    if missing or extra:
-        raise CheckpointError(
-            f"the checkpoint does not give every HF tensor exactly once: missing {len(missing)} "
-            f"{missing[:5]}, unexpected {len(extra)} {extra[:5]}"
-        )
-    foreign = sorted(quantized_names - set(produced))
-    if foreign:
-        raise CheckpointError(
-            f"{reference_dir}: quantised tensors {foreign[:5]} are not tensors of the exported "
-            f"model"
-        )
 
 
-def _read_groups(jobs: List[_Job], budget: int) -> Iterable[List[_Job]]:
-    group, size = [], 0
-    for job in jobs:
-        if group and size + job.unit.nbytes > budget:
-            yield group
-            group, size = [], 0
-        group.append(job)
-        size += job.unit.nbytes
-    if group:
-        yield group
 
 
 def _convert(

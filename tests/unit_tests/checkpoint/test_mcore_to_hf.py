@@ -158,29 +158,41 @@ def modified_mcore(mcore_fp8, tiny_fp8_checkpoint, work):
     return root
 
 
-def _tp2_ep2_save_worker(rank, world_size, hf_dir, ckpt_dir):
+def _tp2_ep2_save_worker(rank, world_size, hf_dir, ckpt_dirs):
     from megatron.core import dist_checkpointing
 
     from megatron.minimax.models.minimax_m2.parity import build_from_hf, initialize_layout
 
     hf = HFCheckpoint(hf_dir)
     layout = ParallelLayout(tp=2, ep=2, etp=1)
-    initialize_layout(layout)
-    model = build_from_hf(
-        hf.config, lambda n: hf.get(n, torch.float32), layout, params_dtype=torch.bfloat16
-    ).model
-    dist_checkpointing.save(model.sharded_state_dict(), ckpt_dir)
+    for model_class, ckpt_dir in ckpt_dirs.items():
+        initialize_layout(layout)
+        model = build_from_hf(
+            hf.config,
+            lambda n: hf.get(n, torch.float32),
+            layout,
+            params_dtype=torch.bfloat16,
+            model=model_class,
+        ).model
+        dist_checkpointing.save(model.sharded_state_dict(), ckpt_dir)
     return None
 
 
 @pytest.fixture(scope="module")
 def tp2_ep2_mcore(tiny_bf16_checkpoint, work):
-    """A checkpoint saved by megatron-core itself from a TP2xEP2xETP1 model (4 ranks): expert
-    fc1 chunks split by TP, GLU halves in separate chunks, vocab rows split."""
-    directory = work / "mcore_tp2_ep2"
-    directory.mkdir()
-    run_in_processes(_tp2_ep2_save_worker, 4, str(tiny_bf16_checkpoint), str(directory))
-    return directory
+    """Checkpoints saved by megatron-core itself from TP2xEP2xETP1 models (4 ranks), a GPTModel's
+    and a HybridModel's: expert fc1 chunks split by TP, GLU halves in separate chunks, vocab rows
+    split; the hybrid one keyed per layer."""
+    directories = {m: work / f"mcore_tp2_ep2_{m}" for m in ("gpt", "hybrid")}
+    for directory in directories.values():
+        directory.mkdir()
+    run_in_processes(
+        _tp2_ep2_save_worker,
+        4,
+        str(tiny_bf16_checkpoint),
+        {m: str(d) for m, d in directories.items()},
+    )
+    return directories
 
 
 def _assert_same_tensors(exported: Path, expected: Path):
@@ -251,18 +263,42 @@ class TestBF16RoundTrip:
         assert (hf_logits(native, tokens) - original).abs().max() <= 1e-5
         assert original.std() > 0.5
 
+    @pytest.mark.parametrize("model_class", ["gpt", "hybrid"])
     def test_checkpoint_saved_by_megatron_core_at_tp2_ep2(
-        self, tp2_ep2_mcore, bf16_reference, work
+        self, tp2_ep2_mcore, bf16_reference, work, model_class
     ):
-        out = work / "hf_from_tp2_ep2"
-        convert_mcore_to_hf(tp2_ep2_mcore, out, bf16_reference, read_group_bytes=1)
+        out = work / f"hf_from_tp2_ep2_{model_class}"
+        stats = convert_mcore_to_hf(
+            tp2_ep2_mcore[model_class], out, bf16_reference, read_group_bytes=1
+        )
+        assert stats.model_class == model_class
         _assert_same_tensors(out, bf16_reference)
+
+    def test_hybrid_checkpoint_keys_are_per_layer(self, tp2_ep2_mcore):
+        from megatron.minimax.checkpoint.dist_checkpoint_reader import DistCheckpointReader
+
+        keys = DistCheckpointReader(tp2_ep2_mcore["hybrid"]).tensors
+        assert "decoder.final_norm.weight" in keys and "decoder.final_layernorm.weight" not in keys
+        assert "decoder.layers.0.self_attention.linear_qkv.weight" in keys
+        assert "decoder.layers.1.mlp.router.weight" in keys
+        assert "decoder.layers.self_attention.linear_qkv.weight" not in keys
+
+    def test_hybrid_checkpoint_with_a_config_of_other_depth_is_refused(
+        self, tp2_ep2_mcore, tiny_bf16_checkpoint, tmp_path
+    ):
+        reference = tmp_path / "ref"
+        reference.mkdir()
+        config = json.loads((Path(tiny_bf16_checkpoint) / "config.json").read_text())
+        config.update(num_hidden_layers=2, attn_type_list=[1, 1])
+        (reference / "config.json").write_text(json.dumps(config))
+        with pytest.raises(CheckpointError, match="num_hidden_layers=2.*4 attention layers"):
+            convert_mcore_to_hf(tp2_ep2_mcore["hybrid"], tmp_path / "out", reference)
 
     def test_checkpoint_with_more_vocabulary_padding(self, mcore_bf16, bf16_reference, tmp_path):
         """A checkpoint padded to more rows (another make_vocab_size_divisible_by) exports the
         HF vocabulary; each stored tensor is rewritten as a single chunk."""
         from megatron.minimax.checkpoint.dist_checkpoint_layout import CheckpointChunk
-        from megatron.minimax.checkpoint.mcore_to_hf import DistCheckpointReader
+        from megatron.minimax.checkpoint.dist_checkpoint_reader import DistCheckpointReader
         from megatron.minimax.checkpoint.torch_dist_writer import TorchDistWriter
 
         source = DistCheckpointReader(mcore_bf16 / "release")

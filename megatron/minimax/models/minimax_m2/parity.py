@@ -260,19 +260,17 @@ def build_from_dist_checkpoint(
 
 
 def checkpoint_model_class(load_dir) -> str:
-    """``"gpt"`` or ``"hybrid"``: the layout a torch_dist checkpoint was saved in, read from its
-    metadata (a GPT checkpoint stacks the decoder layers under ``decoder.layers.<name>`` and has
-    ``decoder.final_layernorm``; a hybrid one keys every layer ``decoder.layers.<i>.<name>`` and has
-    ``decoder.final_norm``)."""
+    """``"gpt"`` or ``"hybrid"``: the layout a torch_dist checkpoint was saved in, from its
+    metadata (:func:`~megatron.minimax.checkpoint.dist_checkpoint_layout.model_class_of_keys`)."""
     from torch.distributed.checkpoint import FileSystemReader
 
+    from megatron.minimax.checkpoint.dist_checkpoint_layout import model_class_of_keys
+
     reader = FileSystemReader(resolve_dist_checkpoint_dir(load_dir))
-    keys = reader.read_metadata().state_dict_metadata
-    if any(key.startswith("decoder.final_norm.") for key in keys):
-        return "hybrid"
-    if any(key.startswith("decoder.final_layernorm.") for key in keys):
-        return "gpt"
-    raise ValueError(f"{load_dir}: neither decoder.final_layernorm nor decoder.final_norm found")
+    try:
+        return model_class_of_keys(reader.read_metadata().state_dict_metadata)
+    except ValueError as e:
+        raise ValueError(f"{load_dir}: {e}") from None
 
 
 def reference_rounding(load_dir) -> Optional[torch.dtype]:
