@@ -31,10 +31,12 @@ from megatron.training.argument_utils import (
     ArgumentGroupFactory,
     core_transformer_config_from_args,
     gpt_config_from_args,
+    hybrid_config_from_args,
 )
 from megatron.training.arguments import add_megatron_arguments, validate_args
 
 from megatron.minimax.native_core import megatron_core_is_native
+from megatron.minimax.training.hybrid_model_builder import HybridModelConfig
 from megatron.minimax.training.model_builder import HAVE_TE, GPTModelConfig
 from megatron.minimax.transformer.transformer_config import TransformerConfig
 
@@ -121,6 +123,24 @@ def gpt_model_config_from_args(args: argparse.Namespace) -> GPTModelConfig:
     """The ``GPTModelConfig`` ``pretrain()`` builds from: our transformer config and our builder."""
     return gpt_config_from_args(
         args, config=transformer_config_from_args(args), model_config_cls=GPTModelConfig
+    )
+
+
+def hybrid_model_config_from_args(args: argparse.Namespace) -> HybridModelConfig:
+    """The ``HybridModelConfig`` ``pretrain_hybrid.py`` builds from: our transformer config and
+    our hybrid builder.
+
+    Raises:
+        ValueError: without ``--hybrid-layer-pattern`` (print it with
+            ``tools/minimax_m2_args.py --model hybrid``).
+    """
+    if not args.hybrid_layer_pattern:
+        raise ValueError(
+            "a HybridModel needs --hybrid-layer-pattern ('*E' per MiniMax-M2 layer; "
+            "tools/minimax_m2_args.py --model hybrid prints it)"
+        )
+    return hybrid_config_from_args(
+        args, config=transformer_config_from_args(args), model_config_cls=HybridModelConfig
     )
 
 

@@ -94,7 +94,7 @@ def _check_layer_scope_qk_norm(spec: LayerOrBlockSpec, what: str) -> None:
             )
 
 
-def _with_local_core_attention(spec: LayerOrBlockSpec) -> LayerOrBlockSpec:
+def with_local_core_attention(spec: LayerOrBlockSpec) -> LayerOrBlockSpec:
     """``--attention-backend local``: megatron-core's ``DotProductAttention`` in every layer.
 
     Returns new spec objects; layer specs are shared between layers and between builds.
@@ -227,7 +227,7 @@ class GPTModelBuilder(MCoreGPTModelBuilder):
                         mtp_layer_spec.submodules.mtp_model_layer, "MTP layer spec"
                     )
         if model_cfg.attention_backend == AttnBackend.local:
-            decoder_spec = _with_local_core_attention(decoder_spec)
+            decoder_spec = with_local_core_attention(decoder_spec)
 
         assert model_cfg.vocab_size is not None, "vocab_size must be set before build_model()"
         vocab_size = model_cfg.vocab_size

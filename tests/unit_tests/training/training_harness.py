@@ -74,8 +74,9 @@ CPU_RUN_ARGS = [
 """Data, optimizer and CPU runtime flags: mock data, no fused kernels, CPU initialisation."""
 
 
-def setup_training(argv: List[str], world_size: int):
-    """Parse ``argv`` and build model, optimizer and scheduler as ``pretrain()`` does.
+def setup_training(argv: List[str], world_size: int, model_class: str = "gpt"):
+    """Parse ``argv`` and build model, optimizer and scheduler as ``pretrain()`` does:
+    ``pretrain_gpt.py`` (``model_class="gpt"``) or ``pretrain_hybrid.py`` (``"hybrid"``).
 
     Returns ``(args, model, optimizer, opt_param_scheduler)``.
     """
@@ -87,7 +88,11 @@ def setup_training(argv: List[str], world_size: int):
     from megatron.training.global_vars import set_global_variables
     from megatron.training.training import setup_model_and_optimizer
 
-    from megatron.minimax.training.arguments import gpt_model_config_from_args, parse_training_args
+    from megatron.minimax.training.arguments import (
+        gpt_model_config_from_args,
+        hybrid_model_config_from_args,
+        parse_training_args,
+    )
     from megatron.minimax.training.optimizer import use_fp32_param_safe_float16_optimizer
 
     args = parse_training_args(argv, world_size=world_size)
@@ -102,7 +107,10 @@ def setup_training(argv: List[str], world_size: int):
     tensor_parallel.model_parallel_cuda_manual_seed(args.seed)
 
     use_fp32_param_safe_float16_optimizer()
-    cfg = pretrain_cfg_container_from_args(args, gpt_model_config_from_args(args))
+    model_config_from_args = (
+        hybrid_model_config_from_args if model_class == "hybrid" else gpt_model_config_from_args
+    )
+    cfg = pretrain_cfg_container_from_args(args, model_config_from_args(args))
     model, optimizer, opt_param_scheduler = setup_model_and_optimizer(
         ModelType.encoder_or_decoder,
         cfg_container=cfg,
