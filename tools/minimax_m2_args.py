@@ -1,5 +1,6 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
-"""Print the pretrain_gpt.py flags that build the model a MiniMax-M2-family config.json describes.
+"""Print the pretrain_gpt.py (or, with --model hybrid, pretrain_hybrid.py) flags that build the
+model a MiniMax-M2-family config.json describes.
 
 The flags are generated from megatron.minimax's HF-config translation (never hand-copied) and
 checked before printing: parsed back with the training parser, they must reproduce the
@@ -9,11 +10,17 @@ embeddings, vocabulary) and the parallel layout given here, which also decides
 --make-vocab-size-divisible-by: the released 200,064-token vocabulary stays unpadded (padded rows
 would be extra zero logits in the training softmax).
 
-Output: one flag with its values per line, no backslashes; every token is free of spaces and
-shell metacharacters, so a shell script reads them as an array with word splitting:
+Output: one flag with its values per line, no backslashes, no spaces inside a token. A shell
+script reads them into an array without pathname expansion (the --model hybrid pattern,
+--hybrid-layer-pattern '*E*E...', holds '*' and '|'):
 
-    MODEL_ARGS=($(python tools/minimax_m2_args.py --hf-config config.json --tp 2 --ep 8))
+    mapfile -t MODEL_ARGS < <(python tools/minimax_m2_args.py --hf-config config.json \
+        --tp 2 --ep 8 | tr ' ' '\n')
     torchrun ... pretrain_gpt.py "${MODEL_ARGS[@]}" ...
+
+With --model hybrid the pattern replaces --num-layers, --mtp-num-layers and the uneven-stage
+flags: '*E' per layer, '|' between pipeline stages (--first-stage-layers/--last-stage-layers
+place them), '/*E' per MTP depth.
 
 Exit status: 0 on success, 2 on a bad path, an unsupported config or an impossible layout (one
 line on stderr naming the problem).
@@ -21,7 +28,12 @@ line on stderr naming the problem).
 
 import argparse
 
-from megatron.minimax.launch import add_layout_arguments, compute_from_hf_config, layout_from_args
+from megatron.minimax.launch import (
+    add_layout_arguments,
+    add_model_class_argument,
+    compute_from_hf_config,
+    layout_from_args,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,6 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=None,
         help="Build this many MTP layers (default: none; the releases ship no MTP weights).",
     )
+    add_model_class_argument(group)
     add_layout_arguments(parser)
     return parser.parse_args(argv)
 
@@ -53,7 +66,7 @@ def main(argv=None) -> None:
         from megatron.minimax.training.minimax_m2_flags import minimax_m2_training_flags
 
         flags, _, _ = minimax_m2_training_flags(
-            hf_config, layout_from_args(args), mtp_num_layers=args.mtp_num_layers
+            hf_config, layout_from_args(args), mtp_num_layers=args.mtp_num_layers, model=args.model
         )
         return flags
 

@@ -1,8 +1,8 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
 """Report a MiniMax-M2-family model's parameters and per-GPU training memory as JSON.
 
-Counts come from the model pretrain_gpt.py builds from tools/minimax_m2_args.py's flags,
-constructed on the meta device (no storage, no GPU, a few seconds for the 229B model): total and
+Counts come from the model pretrain_gpt.py (--model hybrid: pretrain_hybrid.py) builds from
+tools/minimax_m2_args.py's flags, constructed on the meta device (no storage, no GPU, a few seconds for the 229B model): total and
 per-token active parameters from the whole model; weights, gradients and optimizer states per
 rank from each pipeline stage's model chunk, built as a rank of the given layout in a fake process
 group. Byte accounting (bf16 weights, fp32 router gate, fp32 gradient buffer, distributed Adam
@@ -19,7 +19,12 @@ line on stderr naming the violated constraint).
 import argparse
 import json
 
-from megatron.minimax.launch import add_layout_arguments, compute_from_hf_config, layout_from_args
+from megatron.minimax.launch import (
+    add_layout_arguments,
+    add_model_class_argument,
+    compute_from_hf_config,
+    layout_from_args,
+)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument(
         "--mtp-num-layers", type=int, default=None, help="MTP layers to include (default: none)."
     )
+    add_model_class_argument(group)
     add_layout_arguments(parser)
     group.add_argument(
         "--num-gpus",
@@ -62,6 +68,7 @@ def main(argv=None) -> None:
             seq_length=args.seq_length,
             micro_batch_size=args.micro_batch_size,
             mtp_num_layers=args.mtp_num_layers,
+            model=args.model,
         )
 
     print(json.dumps(compute_from_hf_config("model_report.py", args, report), indent=2))

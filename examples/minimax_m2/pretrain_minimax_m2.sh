@@ -17,6 +17,8 @@
 #   NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT, GPUS_PER_NODE   (Slurm values are used if set)
 #   TP, PP, EP, FIRST_STAGE_LAYERS, LAST_STAGE_LAYERS, SEQ_LENGTH, MICRO_BATCH_SIZE, GLOBAL_BATCH_SIZE, LR, TRAIN_ITERS
 #   EXPERT_BIAS_UPDATE_RATE  aux-loss-free balancing step (default 1e-3; 0 freezes the bias)
+#   MODEL_CLASS=gpt|hybrid   GPTModel through pretrain_gpt.py (default) or HybridModel through
+#                            pretrain_hybrid.py (pattern '*E' per layer; loads the same LOAD_DIR)
 #   WANDB_API_KEY, WANDB_PROJECT   log to Weights & Biases when set
 #   DRY_RUN=1   print the command instead of running it
 set -euo pipefail
@@ -49,6 +51,12 @@ GLOBAL_BATCH_SIZE=${GLOBAL_BATCH_SIZE:-1024}
 LR=${LR:-1e-5}
 TRAIN_ITERS=${TRAIN_ITERS:-10000}
 EXPERT_BIAS_UPDATE_RATE=${EXPERT_BIAS_UPDATE_RATE:-1e-3}
+MODEL_CLASS=${MODEL_CLASS:-gpt}
+case "$MODEL_CLASS" in
+    gpt) ENTRY_POINT=pretrain_gpt.py ;;
+    hybrid) ENTRY_POINT=pretrain_hybrid.py ;;
+    *) echo "MODEL_CLASS must be gpt or hybrid, got '$MODEL_CLASS'" >&2; exit 2 ;;
+esac
 
 DISTRIBUTED_ARGS=(
     --nproc-per-node "$GPUS_PER_NODE"
@@ -63,7 +71,7 @@ DISTRIBUTED_ARGS=(
 # (0.6B parameters each), so they get one layer fewer: 15/16/16/15.
 FIRST_STAGE_LAYERS=${FIRST_STAGE_LAYERS:-15}
 LAST_STAGE_LAYERS=${LAST_STAGE_LAYERS:-15}
-mapfile -t MODEL_ARGS < <("$PYTHON" "$REPO/tools/minimax_m2_args.py" \
+mapfile -t MODEL_ARGS < <("$PYTHON" "$REPO/tools/minimax_m2_args.py" --model "$MODEL_CLASS" \
     --hf-config "$HF_DIR/config.json" --tp "$TP" --pp "$PP" --ep "$EP" --etp 1 \
     --first-stage-layers "$FIRST_STAGE_LAYERS" --last-stage-layers "$LAST_STAGE_LAYERS" \
     | tr ' ' '\n')
@@ -131,7 +139,7 @@ if [ -n "${WANDB_API_KEY:-}" ]; then
     LOGGING_ARGS+=(--wandb-project "${WANDB_PROJECT:-minimax-m2}" --wandb-exp-name "pretrain-$GPU_TYPE")
 fi
 
-CMD=(torchrun "${DISTRIBUTED_ARGS[@]}" "$REPO/pretrain_gpt.py"
+CMD=(torchrun "${DISTRIBUTED_ARGS[@]}" "$REPO/$ENTRY_POINT"
     "${MODEL_ARGS[@]}" "${MODEL_PARALLEL_ARGS[@]}" "${MOE_ARGS[@]}" "${DATA_ARGS[@]}"
     "${TRAINING_ARGS[@]}" "${CHECKPOINT_ARGS[@]}" "${LOGGING_ARGS[@]}" "$@")
 

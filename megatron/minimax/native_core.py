@@ -55,11 +55,11 @@ def describe_megatron_core() -> str:
     where = _megatron_core_dir()
     if megatron_core_is_native():
         return (
-            f"megatron-core {package_info.__version__} at {where} has qk_layernorm_scope and "
+            f"megatron-core {package_info.__shortversion__} at {where} has qk_layernorm_scope and "
             "moe_router_keep_in_fp32 natively: building its own classes"
         )
     return (
-        f"megatron-core {package_info.__version__} at {where} is stock: building "
+        f"megatron-core {package_info.__shortversion__} at {where} is stock: building "
         "megatron.minimax's TransformerConfig, full-dimension QK norm and fp32 router"
     )
 

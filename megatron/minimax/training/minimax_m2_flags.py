@@ -45,9 +45,11 @@ from megatron.minimax.models.minimax_m2.hf_config import (
     minimax_m2_config_from_hf,
     padded_vocab_size,
 )
+from megatron.minimax.models.minimax_m2.hybrid_pattern import minimax_m2_hybrid_config
 from megatron.minimax.training.arguments import (
     add_minimax_args,
     gpt_model_config_from_args,
+    hybrid_model_config_from_args,
     parse_training_args,
 )
 from megatron.minimax.training.model_builder import HAVE_TE
@@ -297,10 +299,15 @@ def architecture_fields(config: TransformerConfig, bare: TransformerConfig) -> L
     return names
 
 
-def config_from_command(argv: Sequence[str], world_size: int = 1):
-    """``(TransformerConfig, GPTModelConfig)`` that ``pretrain_gpt.py`` builds from ``argv``."""
+def config_from_command(argv: Sequence[str], world_size: int = 1, model: str = "gpt"):
+    """``(TransformerConfig, model config)`` that ``pretrain_gpt.py`` (``model="gpt"``,
+    ``GPTModelConfig``) or ``pretrain_hybrid.py`` (``"hybrid"``, ``HybridModelConfig``) builds
+    from ``argv``."""
     args = parse_training_args(list(argv), world_size=world_size)
-    model_config = gpt_model_config_from_args(args)
+    if model == "hybrid":
+        model_config = hybrid_model_config_from_args(args)
+    else:
+        model_config = gpt_model_config_from_args(args)
     return model_config.transformer, model_config
 
 
@@ -315,8 +322,23 @@ def compare_configs(
     ]
 
 
+# Fields a hybrid model takes from --hybrid-layer-pattern instead of their own flags.
+_HYBRID_PATTERN_FIELDS = frozenset(
+    {
+        "num_layers",
+        "mtp_num_layers",
+        "num_layers_in_first_pipeline_stage",
+        "num_layers_in_last_pipeline_stage",
+    }
+)
+_HYBRID_PATTERN_TOKEN = re.compile(r"^[*E|/]+$")
+
+
 def minimax_m2_training_flags(
-    hf_config, layout: Layout = Layout(), mtp_num_layers: Optional[int] = None
+    hf_config,
+    layout: Layout = Layout(),
+    mtp_num_layers: Optional[int] = None,
+    model: str = "gpt",
 ) -> Tuple[List[str], TransformerConfig, GPTModelArgs]:
     """Training flags for a MiniMax-M2-family HF config at ``layout``.
 
@@ -324,25 +346,37 @@ def minimax_m2_training_flags(
         hf_config: ``config.json`` contents, or a path to it or to its directory.
         layout: the parallel layout (emitted as flags, and deciding the vocabulary divisor).
         mtp_num_layers: MTP layers (None: none; the releases ship no MTP weights).
+        model: ``"gpt"`` (``pretrain_gpt.py``) or ``"hybrid"`` (``pretrain_hybrid.py``): the
+            hybrid flags carry ``--hybrid-layer-pattern`` (``*E`` per layer, ``|`` between
+            pipeline stages, ``/*E`` per MTP depth) instead of ``--num-layers``,
+            ``--mtp-num-layers`` and the uneven-stage flags.
 
     Returns:
-        ``(flags, config, model_args)``: the command-line tokens (shell-safe, one flag and its
-        values per group), and the config they reproduce.
+        ``(flags, config, model_args)``: the command-line tokens (one flag and its values per
+        group; shell-safe except the hybrid pattern, whose ``*`` and ``|`` a shell must not
+        expand), and the config they reproduce.
 
     Raises:
         ValueError: an unsupported config or an impossible layout.
         RuntimeError: the generated flags do not reproduce the config (a bug to report).
     """
+    if model not in ("gpt", "hybrid"):
+        raise ValueError(f"model must be 'gpt' or 'hybrid', got {model!r}")
     hf = load_hf_config(hf_config)
     config, model_args = minimax_m2_config_from_hf(hf, mtp_num_layers=mtp_num_layers)
     check_layout(config, model_args.vocab_size, layout)
     config, model_args = minimax_m2_config_from_hf(
         hf, mtp_num_layers=mtp_num_layers, **layout.config_overrides()
     )
+    pattern = None
+    if model == "hybrid":
+        config, pattern = minimax_m2_hybrid_config(config)
 
     bare, _ = config_from_command(_bare_command(config, model_args))
     actions = _training_parser_actions()
     fields = architecture_fields(config, bare)
+    if pattern is not None:
+        fields = [name for name in fields if name not in _HYBRID_PATTERN_FIELDS]
 
     flags: List[List[str]] = []
     for name in fields:
@@ -351,6 +385,8 @@ def minimax_m2_training_flags(
         tokens = _flags_for_field(name, getattr(config, name), config, actions)
         if tokens:
             flags.append(tokens)
+    if pattern is not None:
+        flags.append(["--hybrid-layer-pattern", pattern])
     flags += [
         ["--position-embedding-type", model_args.position_embedding_type],
         ["--rotary-percent", _format_value(model_args.rotary_percent)],
@@ -375,24 +411,36 @@ def minimax_m2_training_flags(
                 ("--decoder-first-pipeline-num-layers", layout.first_stage_layers),
                 ("--decoder-last-pipeline-num-layers", layout.last_stage_layers),
             )
-            if n is not None
+            if n is not None and pattern is None  # a hybrid pattern carries the split
         ),
     ]
     if layout.tp > 1:
         flags.append(["--sequence-parallel"])
 
     for token in (t for group in flags for t in group):
+        if token == pattern and _HYBRID_PATTERN_TOKEN.match(token):
+            continue
         if not _SHELL_SAFE_TOKEN.match(token):
             raise RuntimeError(f"flag token {token!r} is not shell-safe")
 
-    _check_flags_reproduce(flags, config, model_args, layout, fields)
+    _check_flags_reproduce(flags, config, model_args, layout, fields, pattern)
     return [" ".join(group) for group in flags], config, model_args
 
 
-def _check_flags_reproduce(flags, config, model_args, layout: Layout, fields) -> None:
+def _check_flags_reproduce(
+    flags, config, model_args, layout: Layout, fields, pattern: Optional[str]
+) -> None:
     argv = required_run_flags(model_args) + [t for group in flags for t in group]
-    parsed, model_config = config_from_command(argv, world_size=layout.min_world_size)
-    problems = compare_configs(config, parsed, list(fields) + list(LAYOUT_FIELDS))
+    model = "gpt" if pattern is None else "hybrid"
+    parsed, model_config = config_from_command(argv, layout.min_world_size, model)
+    compared = list(fields) + list(LAYOUT_FIELDS)
+    if pattern is not None:
+        compared += sorted(_HYBRID_PATTERN_FIELDS - set(compared))
+    problems = compare_configs(config, parsed, compared)
+    if pattern is not None and model_config.hybrid_layer_pattern != pattern:
+            problems.append(
+            f"hybrid_layer_pattern: {pattern!r} != {model_config.hybrid_layer_pattern!r}"
+        )
     padded = padded_vocab_size_of(model_config)
     expected_gpt = {
         "position_embedding_type": model_args.position_embedding_type,

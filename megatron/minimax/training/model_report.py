@@ -1,11 +1,14 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
 """Parameter counts and per-rank training memory of a MiniMax-M2 model, from the model itself.
 
-Every number comes from a model that ``pretrain_gpt.py``'s builder constructs on the meta device:
-the flags of :func:`~megatron.minimax.training.minimax_m2_flags.minimax_m2_training_flags` are
-parsed with the training parser into a ``GPTModelConfig`` and built by
-:class:`~megatron.minimax.training.model_builder.GPTModelBuilder`, with
-``perform_initialization=False`` and every allocation on ``meta`` (no storage, no compute).
+Every number comes from a model that ``pretrain_gpt.py``'s (or ``pretrain_hybrid.py``'s) builder
+constructs on the meta device: the flags of
+:func:`~megatron.minimax.training.minimax_m2_flags.minimax_m2_training_flags` are parsed with the
+training parser into a ``GPTModelConfig`` (``HybridModelConfig``) and built by
+:class:`~megatron.minimax.training.model_builder.GPTModelBuilder`
+(:class:`~megatron.minimax.training.hybrid_model_builder.HybridModelBuilder`), with
+``perform_initialization=False`` and every allocation on ``meta`` (no storage, no compute). Both
+classes hold the same parameters; the report says which one it built.
 
 * Totals and active parameters: the whole model, built at world size 1.
 * Per-rank memory: one pipeline stage's model chunk, built as a rank of the requested layout
@@ -54,7 +57,6 @@ from megatron.minimax.training.minimax_m2_flags import (
     padded_vocab_size_of,
     required_run_flags,
 )
-from megatron.minimax.training.model_builder import GPTModelBuilder
 
 GIB = 1024**3
 
@@ -132,14 +134,16 @@ def _fake_rank(rank: int, layout: Layout, world_size: int) -> Iterator[ProcessGr
         torch.distributed.destroy_process_group()
 
 
-def _model_config(hf_config, layout: Layout, mtp_num_layers: Optional[int], world_size: int):
-    """The ``GPTModelConfig`` pretrain_gpt.py builds from the generated flags, plus bf16, and
-    configured for a storage-free build."""
+def _model_config(
+    hf_config, layout: Layout, mtp_num_layers: Optional[int], world_size: int, model: str = "gpt"
+):
+    """The ``GPTModelConfig`` (``HybridModelConfig``) pretrain_gpt.py (pretrain_hybrid.py) builds
+    from the generated flags, plus bf16, and configured for a storage-free build."""
     flags, config, model_args = minimax_m2_training_flags(
-        hf_config, layout, mtp_num_layers=mtp_num_layers
+        hf_config, layout, mtp_num_layers=mtp_num_layers, model=model
     )
     argv = required_run_flags(model_args) + " ".join(flags).split() + ["--bf16"]
-    _, model_config = config_from_command(argv, world_size=world_size)
+    _, model_config = config_from_command(argv, world_size, model)
     transformer = model_config.transformer
     transformer.use_cpu_initialization = True
     transformer.perform_initialization = False
@@ -155,7 +159,7 @@ def build_meta_model(model_config, layout: Layout, rank: int, world_size: int):
     start = time.perf_counter()
     with _fake_rank(rank, layout, world_size) as pg_collection, _allocate_on_meta():
         pp_rank = parallel_state.get_pipeline_model_parallel_rank()
-        model = GPTModelBuilder(model_config).build_model(pg_collection)
+        model = model_config.get_builder_cls()(model_config).build_model(pg_collection)
     return model, pp_rank, time.perf_counter() - start
 
 
@@ -184,7 +188,7 @@ def count_parameters(model: torch.nn.Module, config) -> Dict[str, int]:
             groups["embedding"] += param.numel()
         elif name.startswith("output_layer."):
             groups["lm_head"] += param.numel()
-        elif name.startswith("decoder.final_layernorm."):
+        elif name.startswith(("decoder.final_layernorm.", "decoder.final_norm.")):
             groups["final_norm"] += param.numel()
         elif name.startswith("mtp."):
             groups["mtp"] += param.numel()
@@ -273,8 +277,10 @@ def minimax_m2_model_report(
     seq_length: int = 4096,
     micro_batch_size: int = 1,
     mtp_num_layers: Optional[int] = None,
+    model: str = "gpt",
 ) -> Dict[str, Any]:
-    """Parameter counts and per-rank memory (see the module docstring) as a JSON-ready dict.
+    """Parameter counts and per-rank memory (see the module docstring) as a JSON-ready dict, of
+    the model built as a ``GPTModel`` (``model="gpt"``) or a ``HybridModel`` (``"hybrid"``).
 
     Raises:
         ValueError: an unsupported config or an impossible layout, naming the constraint.
@@ -297,12 +303,13 @@ def minimax_m2_model_report(
     training = TrainingLayout(layout, num_gpus, seq_length, micro_batch_size)
 
     start = time.perf_counter()
-    whole_config = _model_config(hf, Layout(), mtp_num_layers, world_size=1)
+    whole_config = _model_config(hf, Layout(), mtp_num_layers, 1, model)
     whole, _, whole_build_s = build_meta_model(whole_config, Layout(), rank=0, world_size=1)
     counts = count_parameters(whole, whole_config.transformer)
+    model_class = type(whole).__name__
     del whole
 
-    stage_config = _model_config(hf, layout, mtp_num_layers, world_size=num_gpus)
+    stage_config = _model_config(hf, layout, mtp_num_layers, num_gpus, model)
     stages = []
     for rank in _stage_ranks(training):
         model, pp_rank, _ = build_meta_model(stage_config, layout, rank=rank, world_size=num_gpus)
@@ -312,6 +319,8 @@ def minimax_m2_model_report(
 
     return {
         "model": {
+            "class": model_class,
+            "hybrid_layer_pattern": getattr(stage_config, "hybrid_layer_pattern", None),
             "num_layers": config.num_layers,
             "hidden_size": config.hidden_size,
             "num_moe_experts": config.num_moe_experts,

@@ -1,6 +1,7 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
-"""examples/minimax_m2/*.sh: each script's pretrain_gpt.py command parses and validates with the
-training parser at its own world size, and builds the released architecture."""
+"""examples/minimax_m2/*.sh: each script's pretrain_gpt.py (or pretrain_hybrid.py) command parses
+and validates with the training parser at its own world size, and builds the released
+architecture."""
 
 import os
 import shlex
@@ -19,7 +20,11 @@ EXAMPLES = REPO / "examples" / "minimax_m2"
 RELEASED_CONFIG = EXAMPLES / "configs" / "minimax_m2.5_config.json"
 
 
-def _dry_run(script: str, env: dict, *extra_args: str) -> list:
+ENTRY_POINTS = ("pretrain_gpt.py", "pretrain_hybrid.py")
+
+
+def _dry_run_command(script: str, env: dict, *extra_args: str) -> list:
+    """The command a script prints with DRY_RUN=1."""
     env = {
         **os.environ,
         "PYTHON": sys.executable,
@@ -35,9 +40,17 @@ def _dry_run(script: str, env: dict, *extra_args: str) -> list:
         env=env,
     )
     assert proc.returncode == 0, proc.stderr
-    command = shlex.split(proc.stdout.strip().splitlines()[-1])
-    entry = next(i for i, token in enumerate(command) if token.endswith("pretrain_gpt.py"))
-    return command[entry + 1 :]
+    return shlex.split(proc.stdout.strip().splitlines()[-1])
+
+
+def _entry(command: list) -> int:
+    return next(i for i, token in enumerate(command) if token.endswith(ENTRY_POINTS))
+
+
+def _dry_run(script: str, env: dict, *extra_args: str) -> list:
+    """The training flags of a script's command (after the entry point)."""
+    command = _dry_run_command(script, env, *extra_args)
+    return command[_entry(command) + 1 :]
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +71,7 @@ def _cluster_env(hf_dir, **extra):
 
 
 class TestFullModelScripts:
-    @pytest.mark.parametrize(
-        "gpu_type, world_size, ep", [("h100", 128, 32), ("h200", 64, 16)]
-    )
+    @pytest.mark.parametrize("gpu_type, world_size, ep", [("h100", 128, 32), ("h200", 64, 16)])
     def test_pretrain_layout_parses_and_splits_62_layers_unevenly(
         self, hf_dir, gpu_type, world_size, ep
     ):
@@ -75,9 +86,23 @@ class TestFullModelScripts:
         )
         assert args.load == "ckpt/minimax-m2.5-mcore" and args.ckpt_format == "torch_dist"
         # The released tokenizer (200,054 tokens) pads to exactly the checkpoint's 200,064 rows.
-        assert calculate_padded_vocab_size(
-            200054, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size, False
-        ) == 200064
+        assert (
+            calculate_padded_vocab_size(
+                200054, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size, False
+            )
+            == 200064
+        )
+
+    def test_hybrid_model_class_runs_pretrain_hybrid_with_the_staged_pattern(self, hf_dir):
+        env = _cluster_env(hf_dir, GPU_TYPE="h200", MODEL_CLASS="hybrid")
+        command = _dry_run_command("pretrain_minimax_m2.sh", env)
+        assert Path(command[_entry(command)]).name == "pretrain_hybrid.py"
+        args = parse_training_args(command[_entry(command) + 1 :], world_size=64)
+        stages = args.hybrid_layer_pattern.split("|")
+        assert [len(stage) // 2 for stage in stages] == [15, 16, 16, 15]
+        assert set("".join(stages)) == {"*", "E"} and args.num_layers == 124
+        assert args.decoder_first_pipeline_num_layers is None
+        assert args.qk_layernorm_scope == "layer" and args.moe_router_keep_in_fp32
 
     def test_sft_uses_chat_data_and_freezes_the_expert_bias(self, hf_dir):
         env = _cluster_env(hf_dir, DATA_PATH="data/sft_chat_document")

@@ -253,3 +253,43 @@ class TestUnevenPipeline:
 
         with pytest.raises(ValueError, match=re.escape(message)):
             check_layout(released_config, 200064, layout)
+
+
+class TestHybridModelFlags:
+    """``--model hybrid``: pretrain_hybrid.py flags, the pattern carrying layers, stages and MTP."""
+
+    def test_released_config_at_pp4_uneven_with_mtp(self, capsys):
+        code, out, err = _run_tool_in_process(
+            capsys, "--hf-config", str(RELEASED_CONFIG), "--model", "hybrid", "--tp", "2",
+            "--pp", "4", "--ep", "8", "--first-stage-layers", "15", "--last-stage-layers", "15",
+            "--mtp-num-layers", "1",
+        )  # fmt: skip
+        assert code == 0, err
+        lines = out.splitlines()
+        (pattern_line,) = [line for line in lines if line.startswith("--hybrid-layer-pattern")]
+        pattern = pattern_line.split()[1]
+        main, mtp = pattern.split("/")
+        assert [len(stage) for stage in main.split("|")] == [30, 32, 32, 30]
+        assert set(main.replace("|", "")) == {"*", "E"} and main.replace("|", "")[:2] == "*E"
+        assert mtp == "*E"
+        flags = {line.split()[0] for line in lines}
+        for absent in ("--num-layers", "--mtp-num-layers", "--decoder-first-pipeline-num-layers"):
+            assert absent not in flags
+        # What pretrain_hybrid.py builds from them: the GPT model's config with 124 layers.
+        from megatron.minimax.training.arguments import hybrid_model_config_from_args
+
+        argv = NON_ARCHITECTURE_FLAGS + [t for line in lines for t in line.split()]
+        args = parse_training_args(argv, world_size=Layout(tp=2, pp=4, ep=8).min_world_size)
+        model_config = hybrid_model_config_from_args(args)
+        assert model_config.hybrid_layer_pattern == pattern
+        transformer = model_config.transformer
+        assert (transformer.num_layers, transformer.mtp_num_layers) == (124, 1)
+        assert transformer.qk_layernorm_scope == "layer" and transformer.moe_router_keep_in_fp32
+        assert transformer.num_moe_experts == 256 and transformer.hidden_size == 3072
+
+    def test_impossible_split_is_refused_with_one_line(self, capsys):
+        code, _, err = _run_tool_in_process(
+            capsys, "--hf-config", str(RELEASED_CONFIG), "--model", "hybrid", "--pp", "4",
+        )  # fmt: skip
+        assert code == 2 and "--pp 4 does not divide num_layers 62" in err
+        assert len(err.strip().splitlines()) == 1

@@ -155,6 +155,26 @@ class TestTinyModel:
         assert sum(s["parameters"] for s in stages) == expected["total"]
 
 
+class TestHybridModel:
+    def test_same_counts_and_per_rank_memory_as_the_gpt_model(self, capsys, tmp_path):
+        hf = tiny_hf_config()
+        path = tmp_path / "config.json"
+        path.write_text(json.dumps(hf))
+        argv = ["--hf-config", str(path), "--pp", "2", "--ep", "2", "--num-gpus", "4"]
+        argv += ["--seq-length", "64"]
+        reports = {}
+        for model_class in ("gpt", "hybrid"):
+            code, out, err = _run_tool_in_process(capsys, *argv, "--model", model_class)
+            assert code == 0, err
+            reports[model_class] = json.loads(out)
+        gpt, hybrid = reports["gpt"], reports["hybrid"]
+        assert (gpt["model"]["class"], hybrid["model"]["class"]) == ("GPTModel", "HybridModel")
+        assert hybrid["model"]["hybrid_layer_pattern"] == "*E*E|*E*E"
+        assert hybrid["parameters"] == gpt["parameters"]
+        assert hybrid["parameters"]["total"] == _tiny_counts(hf)["total"]
+        assert hybrid["per_rank_memory"] == gpt["per_rank_memory"]
+
+
 class TestErrors:
     @pytest.mark.parametrize(
         "argv, message",
