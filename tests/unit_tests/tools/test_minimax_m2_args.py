@@ -223,7 +223,8 @@ class TestErrors:
     def test_help(self, capsys):
         code, out, _ = _run_tool_in_process(capsys, "--help")
         assert code == 0
-        assert "--hf-config" in out and "MODEL_ARGS=($(python tools/minimax_m2_args.py" in out
+        assert "--hf-config" in out and "mapfile -t MODEL_ARGS < <(python tools/minimax_m2_args.py" in out
+        assert "--model {gpt,hybrid}" in out
 
 
 class TestUnevenPipeline:
