@@ -11,12 +11,15 @@ PY := $(VENV)/bin/python
 
 NATIVE_TREE := $(CURDIR)/build/native/megatron-core
 # Tests that must hold when megatron-core itself carries the features (the config, QK norm, fp32
-# router, HF parity of logits and gradients, the training step and its checkpoints).
+# router, HF parity of logits and gradients, the training step and its checkpoints, the model as
+# a HybridModel built on megatron-core's own HybridStack).
 NATIVE_UNIT_TESTS := \
 	tests/unit_tests/transformer \
 	tests/unit_tests/training/test_arguments.py \
 	tests/unit_tests/training/test_pretrain_gpt.py \
-	tests/unit_tests/models/minimax_m2/test_parity.py
+	tests/unit_tests/training/test_pretrain_hybrid.py \
+	tests/unit_tests/models/minimax_m2/test_parity.py \
+	tests/unit_tests/models/hybrid
 
 .PHONY: venv demo test test-native bench-convert clean
 

@@ -10,7 +10,10 @@
 4. Train the converted model for a few steps on CPU (TP2 with sequence parallelism, Megatron's
    DDP, finalize_model_grads and optimizer; the expert bias keeps updating), save a torch_dist
    checkpoint, export it to HF in BF16 and FP8 (mcore-to-hf), and check that transformers'
-   logits on the BF16 export equal Megatron's on the saved weights.
+   logits on the BF16 export equal Megatron's on the saved weights; as a GPTModel, then as a
+   HybridModel (pattern ``*E`` per layer) that loads the same converted checkpoint.
+
+Parity rows name the megatron-core class: GPTModel, or HybridModel with the same weights.
 """
 
 import argparse
@@ -26,35 +29,38 @@ import torch
 WORLD_SIZE = 4
 
 
-def _parity_worker(rank, world_size, hf_dir, layouts, tokens):
+CLASS_NAMES = {"gpt": "GPTModel", "hybrid": "HybridModel"}
+
+
+def _parity_worker(rank, world_size, hf_dir, rows, tokens):
     from megatron.minimax.checkpoint.hf_checkpoint import HFCheckpoint
     from megatron.minimax.models.minimax_m2 import parity
 
     checkpoint = HFCheckpoint(hf_dir)
     out = {}
-    for layout in layouts:
+    for model, layout in rows:
         parity.initialize_layout(layout)
         loaded = parity.build_from_hf(
-            checkpoint.config, lambda name: checkpoint.get(name, torch.float32), layout
+            checkpoint.config, lambda name: checkpoint.get(name, torch.float32), layout, model=model
         )
-        out[str(layout)] = parity.megatron_logits(loaded, tokens)
+        out[(model, str(layout))] = parity.megatron_logits(loaded, tokens)
     return out if rank == 0 else None
 
 
-def _parity_from_checkpoint_worker(rank, world_size, hf_dir, load_dir, layouts, tokens):
+def _parity_from_checkpoint_worker(rank, world_size, hf_dir, load_dir, rows, tokens):
     from megatron.minimax.checkpoint.hf_checkpoint import HFCheckpoint
     from megatron.minimax.models.minimax_m2 import parity
 
     config = HFCheckpoint(hf_dir).config
     out = {}
-    for layout in layouts:
+    for model, layout in rows:
         parity.initialize_layout(layout)
-        loaded = parity.build_from_dist_checkpoint(config, load_dir, layout)
-        out[str(layout)] = parity.megatron_logits(loaded, tokens)
+        loaded = parity.build_from_dist_checkpoint(config, load_dir, layout, model=model)
+        out[(model, str(layout))] = parity.megatron_logits(loaded, tokens)
     return out if rank == 0 else None
 
 
-def _train_worker(rank, world_size, hf_dir, load_dir, save_dir, steps, tokens):
+def _train_worker(rank, world_size, hf_dir, load_dir, save_dir, steps, tokens, model):
     """A few optimizer steps at TP2+SP through megatron-core's training pieces, then a save."""
     import os
 
@@ -71,7 +77,9 @@ def _train_worker(rank, world_size, hf_dir, load_dir, save_dir, steps, tokens):
 
     layout = parity.ParallelLayout(tp=2)
     parity.initialize_layout(layout)
-    loaded = parity.build_from_dist_checkpoint(HFCheckpoint(hf_dir).config, load_dir, layout)
+    loaded = parity.build_from_dist_checkpoint(
+        HFCheckpoint(hf_dir).config, load_dir, layout, model=model
+    )
     ddp = DistributedDataParallel(
         loaded.config, DistributedDataParallelConfig(grad_reduce_in_fp32=True), loaded.model
     )
@@ -102,7 +110,7 @@ def _train_worker(rank, world_size, hf_dir, load_dir, save_dir, steps, tokens):
     return losses if rank == 0 else None
 
 
-def _bf16_logits_worker(rank, world_size, hf_dir, load_dir, tokens):
+def _bf16_logits_worker(rank, world_size, hf_dir, load_dir, tokens, model):
     """Megatron's fp32 logits on the saved weights rounded as the BF16 export rounds them (every
     tensor but the fp32 router gate and bias)."""
     from megatron.minimax.checkpoint.hf_checkpoint import HFCheckpoint
@@ -110,7 +118,9 @@ def _bf16_logits_worker(rank, world_size, hf_dir, load_dir, tokens):
 
     layout = parity.ParallelLayout()
     parity.initialize_layout(layout)
-    loaded = parity.build_from_dist_checkpoint(HFCheckpoint(hf_dir).config, load_dir, layout)
+    loaded = parity.build_from_dist_checkpoint(
+        HFCheckpoint(hf_dir).config, load_dir, layout, model=model
+    )
     with torch.no_grad():
         for name, param in loaded.model.named_parameters():
             if not name.endswith("router.weight"):
@@ -118,9 +128,10 @@ def _bf16_logits_worker(rank, world_size, hf_dir, load_dir, tokens):
     return parity.megatron_logits(loaded, tokens) if rank == 0 else None
 
 
-def show_parity(hf_dir: Path, layouts, load_dir: Path = None) -> bool:
-    """Parity table; Megatron weights from ``hf_dir`` or, when given, the torch_dist ``load_dir``
-    (the reference is then rounded to the checkpoint's dtype)."""
+def show_parity(hf_dir: Path, rows, load_dir: Path = None) -> bool:
+    """Parity table of ``(model class, layout)`` rows; Megatron weights from ``hf_dir`` or, when
+    given, the torch_dist ``load_dir`` (the reference is then rounded to the checkpoint's
+    dtype)."""
     from megatron.minimax.models.minimax_m2 import parity
     from megatron.minimax.models.minimax_m2.hf_reference import hf_logits, load_hf_reference_model
     from megatron.minimax.testing.distributed import run_in_processes
@@ -131,23 +142,24 @@ def show_parity(hf_dir: Path, layouts, load_dir: Path = None) -> bool:
     tokens = torch.randint(0, vocab, (2, 32), generator=torch.Generator().manual_seed(0))
     reference = hf_logits(reference_model, tokens)
     if load_dir is None:
-        megatron = run_in_processes(_parity_worker, WORLD_SIZE, hf_dir, layouts, tokens)[0]
+        megatron = run_in_processes(_parity_worker, WORLD_SIZE, hf_dir, rows, tokens)[0]
     else:
         megatron = run_in_processes(
-            _parity_from_checkpoint_worker, WORLD_SIZE, hf_dir, str(load_dir), layouts, tokens
+            _parity_from_checkpoint_worker, WORLD_SIZE, hf_dir, str(load_dir), rows, tokens
         )[0]
 
-    header = f"{'layout':<20} {'max|dlogit|':>12} {'max rel':>10} {'loss Megatron':>14} " \
-             f"{'loss HF':>10} {'|dloss|':>10}  verdict"  # fmt: skip
+    header = f"{'model':<12} {'layout':<20} {'max|dlogit|':>12} {'max rel':>10} " \
+             f"{'loss Megatron':>14} {'loss HF':>10} {'|dloss|':>10}  verdict"  # fmt: skip
     print(header)
     print("-" * len(header))
     all_ok = True
-    for layout in layouts:
-        r = parity.compare_logits(megatron[str(layout)], reference, tokens)
+    for model, layout in rows:
+        r = parity.compare_logits(megatron[(model, str(layout))], reference, tokens)
         ok = r.ok()
         all_ok &= ok
         print(
-            f"{str(layout):<20} {r.max_abs_diff:>12.2e} {r.max_rel_diff:>10.2e} "
+            f"{CLASS_NAMES[model]:<12} {str(layout):<20} {r.max_abs_diff:>12.2e} "
+            f"{r.max_rel_diff:>10.2e} "
             f"{r.megatron_loss:>14.7f} {r.reference_loss:>10.7f} {r.loss_diff:>10.2e}  "
             f"{'PASS' if ok else 'FAIL'}"
         )
@@ -189,13 +201,18 @@ def main() -> int:
           f"experts top-{config['num_experts_per_tok']}, vocab {config['vocab_size']}")
     print(f"    files: {', '.join(files)}")
 
-    layouts = [ParallelLayout(), ParallelLayout(tp=2, ep=2, etp=1)]
+    rows = [
+        ("gpt", ParallelLayout()),
+        ("gpt", ParallelLayout(tp=2, ep=2, etp=1)),
+        ("hybrid", ParallelLayout(tp=2, ep=2, etp=1)),
+    ]
     print(f"\n[2] Megatron vs HF parity ({WORLD_SIZE} gloo processes per layout, data parallel "
           "takes the rest):")
-    ok = show_parity(hf_dir, layouts)
+    ok = show_parity(hf_dir, rows)
 
     ok &= convert_and_check(hf_dir, work)
-    ok &= train_and_export(hf_dir, work)
+    for model in ("gpt", "hybrid"):
+        ok &= train_and_export(hf_dir, work, model)
     print(f"\ndone in {time.time() - start:.0f} s: "
           f"{'every check passed' if ok else 'A CHECK FAILED'}")
     return 0 if ok else 1
@@ -218,39 +235,48 @@ def convert_and_check(hf_dir: Path, work: Path) -> bool:
     print(f"    {', '.join(sorted(p.name for p in mcore_dir.iterdir()))}")
     print("    parity from the converted checkpoint, resharded at load (HF reference on the same "
           "bf16-rounded weights):")
-    return show_parity(hf_dir, [ParallelLayout(tp=2, ep=2, etp=1), ParallelLayout(pp=2)], mcore_dir)
+    rows = [
+        ("gpt", ParallelLayout(tp=2, ep=2, etp=1)),
+        ("gpt", ParallelLayout(pp=2)),
+        ("hybrid", ParallelLayout(pp=2)),
+    ]
+    return show_parity(hf_dir, rows, mcore_dir)
 
 
-def train_and_export(hf_dir: Path, work: Path, steps: int = 8) -> bool:
+def train_and_export(hf_dir: Path, work: Path, model: str, steps: int = 8) -> bool:
     import shutil
 
     from megatron.minimax.models.minimax_m2.hf_reference import hf_logits, load_hf_reference_model
     from megatron.minimax.models.minimax_m2.parity import LOGITS_ATOL
     from megatron.minimax.testing.distributed import run_in_processes
 
-    mcore_dir, trained_dir = work / "mcore_bf16", work / "trained"
+    mcore_dir, trained_dir = work / "mcore_bf16", work / f"trained_{model}"
     shutil.rmtree(trained_dir, ignore_errors=True)
     trained_dir.mkdir()
     tokens = torch.randint(0, 1001, (4, 32), generator=torch.Generator().manual_seed(1))
     losses = run_in_processes(
-        _train_worker, 2, hf_dir, str(mcore_dir), str(trained_dir), steps, tokens
+        _train_worker, 2, hf_dir, str(mcore_dir), str(trained_dir), steps, tokens, model
     )[0]
     falling = losses[-1] < losses[0]
-    print(f"\n[4] {steps} training steps at TP2xSP (2 gloo processes, Adam, fp32): loss "
+    step = "4" if model == "gpt" else "5"
+    print(f"\n[{step}] {CLASS_NAMES[model]}: {steps} training steps at TP2xSP from the converted "
+          f"checkpoint (2 gloo processes, Adam, fp32): loss "
           f"{' -> '.join(f'{x:.3f}' for x in losses)}  {'PASS' if falling else 'FAIL'}")
-    print(f"    saved torch_dist checkpoint: {trained_dir}")
+    print(f"    saved torch_dist checkpoint ({CLASS_NAMES[model]} layout): {trained_dir}")
 
     ok = falling
     for fmt in ("bf16", "fp8"):
-        export_dir = work / f"hf_export_{fmt}"
+        export_dir = work / f"hf_export_{model}_{fmt}"
         _run_tool("tools/checkpoint/convert_minimax_m2.py", "mcore-to-hf", "--load-dir",
                   str(trained_dir), "--save-dir", str(export_dir), "--hf-reference-dir",
                   str(hf_dir), "--format", fmt, "--overwrite", "--no-progress")  # fmt: skip
         print(f"    exported to HF ({fmt}): {export_dir}")
 
     probe = torch.randint(0, 1001, (2, 32), generator=torch.Generator().manual_seed(2))
-    reference = hf_logits(load_hf_reference_model(work / "hf_export_bf16"), probe)
-    megatron = run_in_processes(_bf16_logits_worker, 1, hf_dir, str(trained_dir), probe)[0]
+    reference = hf_logits(load_hf_reference_model(work / f"hf_export_{model}_bf16"), probe)
+    megatron = run_in_processes(
+        _bf16_logits_worker, 1, hf_dir, str(trained_dir), probe, model
+    )[0]
     diff = (megatron - reference).abs().max().item()
     same = diff <= LOGITS_ATOL
     print(f"    transformers on the BF16 export vs Megatron on the same weights: max |dlogit| "

@@ -81,8 +81,12 @@ def _worker(rank, world_size, hf_dir, converted_dir):
         parity.initialize_layout(layout)
         loaded = parity.build_from_hf(hf_config, read, layout, model="hybrid")
         if out["classes"] is None:
+            from megatron.minimax.native_core import megatron_core_is_native
+
             out["classes"] = sorted({type(m).__name__ for m in loaded.model.modules()})
             out["pattern"] = loaded.hybrid_layer_pattern
+            out["stack_module"] = type(loaded.model.decoder).__module__
+            out["native"] = megatron_core_is_native()
         logits = parity.megatron_logits(loaded, tokens)
         out["logits"][str(layout)] = logits if rank == 0 else None
         if layout in GPT_IDENTITY_LAYOUTS:
@@ -129,6 +133,10 @@ def test_model_is_a_hybrid_stack_of_attention_and_moe_layers(results):
     assert {"HybridModel", "HybridStack", "MoETransformerLayer", "TransformerLayer"} <= classes
     assert {"FullDimQKRMSNorm", "RMSNorm"} <= classes
     assert "TENorm" not in classes and "TransformerBlock" not in classes
+    # The final norm from the spec: megatron-core's own HybridStack where the native series
+    # made it so, else this package's subclass.
+    package = "megatron.core" if results["native"] else "megatron.minimax"
+    assert results["stack_module"] == f"{package}.models.hybrid.hybrid_block"
 
 
 @pytest.mark.parametrize("layout", LOGITS_LAYOUTS, ids=str)
