@@ -15,16 +15,18 @@ from dataclasses import dataclass
 from typing import ClassVar, Optional
 
 from megatron.core.models.hybrid.hybrid_model import HybridModel
-from megatron.core.pipeline_parallel.utils import is_pp_first_stage, is_pp_last_stage
 from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.enums import AttnBackend
 from megatron.training.models.hybrid import HybridModelBuilder as MCoreHybridModelBuilder
 from megatron.training.models.hybrid import HybridModelConfig as MCoreHybridModelConfig
-from megatron.training.vocab_utils import calculate_padded_vocab_size
 
 from megatron.minimax.models.hybrid.hybrid_layer_specs import get_minimax_m2_hybrid_stack_spec
 from megatron.minimax.native_core import log_megatron_core_path
-from megatron.minimax.training.model_builder import HAVE_TE, with_local_core_attention
+from megatron.minimax.training.model_builder import (
+    HAVE_TE,
+    vocab_and_stage,
+    with_local_core_attention,
+)
 
 
 @dataclass(kw_only=True)
@@ -75,18 +77,9 @@ class HybridModelBuilder(MCoreHybridModelBuilder):
         """Build the ``HybridModel`` chunk of this pipeline (and virtual pipeline) stage."""
         log_megatron_core_path()
         model_cfg = self._model_config
-        assert model_cfg.vocab_size is not None, "vocab_size must be set before build_model()"
-        vocab_size = model_cfg.vocab_size
-        if model_cfg.should_pad_vocab:
-            vocab_size = calculate_padded_vocab_size(
-                vocab_size,
-                model_cfg.make_vocab_size_divisible_by,
-                model_cfg.transformer.tensor_model_parallel_size,
-            )
-        if pre_process is None:
-            pre_process = is_pp_first_stage(pg_collection.pp)
-        if post_process is None:
-            post_process = is_pp_last_stage(pg_collection.pp)
+        vocab_size, pre_process, post_process = vocab_and_stage(
+            model_cfg, pg_collection, pre_process, post_process, vp_stage
+        )
         return HybridModel(
             config=model_cfg.transformer,
             hybrid_stack_spec=self._stack_spec(),

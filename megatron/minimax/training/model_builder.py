@@ -14,7 +14,7 @@ megatron-training's.
 import dataclasses
 import inspect
 from dataclasses import dataclass
-from typing import ClassVar, List, Optional, Union
+from typing import ClassVar, List, Optional, Tuple, Union
 
 from megatron.core.models.gpt.gpt_model import GPTModel
 from megatron.core.pipeline_parallel.utils import (
@@ -123,6 +123,33 @@ def with_local_core_attention(spec: LayerOrBlockSpec) -> LayerOrBlockSpec:
     return swap(spec)
 
 
+def vocab_and_stage(
+    model_cfg,
+    pg_collection: ProcessGroupCollection,
+    pre_process: Optional[bool],
+    post_process: Optional[bool],
+    vp_stage: Optional[int],
+) -> Tuple[int, bool, bool]:
+    """What megatron-training's model builders derive before building a stage: the (padded)
+    vocabulary size, and whether this (virtual) pipeline stage holds the embedding and the output
+    layer where the caller left it open."""
+    assert model_cfg.vocab_size is not None, "vocab_size must be set before build_model()"
+    transformer_cfg = model_cfg.transformer
+    vocab_size = model_cfg.vocab_size
+    if model_cfg.should_pad_vocab:
+        vocab_size = calculate_padded_vocab_size(
+            vocab_size,
+            model_cfg.make_vocab_size_divisible_by,
+            transformer_cfg.tensor_model_parallel_size,
+        )
+    vp_size = transformer_cfg.virtual_pipeline_model_parallel_size
+    if pre_process is None:
+        pre_process = is_vp_first_stage(vp_stage, vp_size) and is_pp_first_stage(pg_collection.pp)
+    if post_process is None:
+        post_process = is_vp_last_stage(vp_stage, vp_size) and is_pp_last_stage(pg_collection.pp)
+    return vocab_size, pre_process, post_process
+
+
 class GPTModelBuilder(MCoreGPTModelBuilder):
     """Builds ``GPTModel`` stages with this package's decoder and MTP specs.
 
@@ -229,25 +256,9 @@ class GPTModelBuilder(MCoreGPTModelBuilder):
         if model_cfg.attention_backend == AttnBackend.local:
             decoder_spec = with_local_core_attention(decoder_spec)
 
-        assert model_cfg.vocab_size is not None, "vocab_size must be set before build_model()"
-        vocab_size = model_cfg.vocab_size
-        if model_cfg.should_pad_vocab:
-            vocab_size = calculate_padded_vocab_size(
-                vocab_size,
-                model_cfg.make_vocab_size_divisible_by,
-                transformer_cfg.tensor_model_parallel_size,
-            )
-
-        vp_size = transformer_cfg.virtual_pipeline_model_parallel_size
-        if pre_process is None:
-            pre_process = is_vp_first_stage(vp_stage, vp_size) and is_pp_first_stage(
-                pg_collection.pp
-            )
-        if post_process is None:
-            post_process = is_vp_last_stage(vp_stage, vp_size) and is_pp_last_stage(
-                pg_collection.pp
-            )
-
+        vocab_size, pre_process, post_process = vocab_and_stage(
+            model_cfg, pg_collection, pre_process, post_process, vp_stage
+        )
         return GPTModel(
             config=transformer_cfg,
             transformer_layer_spec=decoder_spec,

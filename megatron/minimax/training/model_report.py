@@ -49,6 +49,7 @@ from megatron.core.process_groups_config import ProcessGroupCollection
 
 from megatron.minimax.models.minimax_m2.hf_config import load_hf_config, minimax_m2_config_from_hf
 from megatron.minimax.platform.cpu_shims import NoOpStream
+from megatron.minimax.platform.parallel_state import destroy_model_parallel
 from megatron.minimax.training.minimax_m2_flags import (
     Layout,
     check_layout,
@@ -130,7 +131,7 @@ def _fake_rank(rank: int, layout: Layout, world_size: int) -> Iterator[ProcessGr
         )
         yield ProcessGroupCollection.use_mpu_process_groups()
     finally:
-        parallel_state.destroy_model_parallel()
+        destroy_model_parallel()
         torch.distributed.destroy_process_group()
 
 

@@ -98,6 +98,18 @@ def _splice(source: str, at_line: int, lines: List[str], remove: int = 0) -> str
     return "\n".join(old[:at_line] + lines + old[at_line + remove :])
 
 
+def _insert(tree: SourceTree, path: str, anchor: Anchor, code: str, after: bool) -> bool:
+    """Insert ``code``, indented like the anchor statement, after it or before it (and before
+    the comment lines that lead into it); False when the code is already there."""
+    source = _require(tree, path)
+    located = _locate(path, source, anchor)
+    lines = _render(code, located.indent)
+    if _contains(source, lines):
+        return False
+    at_line = located.last_line if after else located.lead_line - 1
+    return tree.write(path, _splice(source, at_line, lines))
+
+
 @dataclass(frozen=True)
 class InsertAfter:
     """Insert ``code`` after the statement ``anchor`` names (after a field's docstring)."""
@@ -108,12 +120,7 @@ class InsertAfter:
 
     def apply(self, tree: SourceTree) -> bool:
         """Apply to ``tree``; False when the code is already there."""
-        source = _require(tree, self.path)
-        located = _locate(self.path, source, self.anchor)
-        lines = _render(self.code, located.indent)
-        if _contains(source, lines):
-            return False
-        return tree.write(self.path, _splice(source, located.last_line, lines))
+        return _insert(tree, self.path, self.anchor, self.code, after=True)
 
 
 @dataclass(frozen=True)
@@ -127,12 +134,7 @@ class InsertBefore:
 
     def apply(self, tree: SourceTree) -> bool:
         """Apply to ``tree``; False when the code is already there."""
-        source = _require(tree, self.path)
-        located = _locate(self.path, source, self.anchor)
-        lines = _render(self.code, located.indent)
-        if _contains(source, lines):
-            return False
-        return tree.write(self.path, _splice(source, located.lead_line - 1, lines))
+        return _insert(tree, self.path, self.anchor, self.code, after=False)
 
 
 @dataclass(frozen=True)
