@@ -87,6 +87,7 @@ __all__ = [
     "ExportStats",
     "RELEASE_QUANTIZATION_CONFIG",
     "convert_mcore_to_hf",
+    "copy_reference_files",
     "parse_size",
     "release_fp8_tensor",
 ]
@@ -602,7 +603,7 @@ def _allowed_roots(root: Path) -> List[Path]:
     return roots
 
 
-def _copy_reference_files(reference: Path, destination: Path) -> List[str]:
+def copy_reference_files(reference: Path, destination: Path) -> List[str]:
     """Copies every non-weight file of the reference (tokenizer, chat template, generation config,
     remote code, README, ...) except config.json; returns the relative paths copied."""
     roots = _allowed_roots(reference)
@@ -820,7 +821,7 @@ def convert_mcore_to_hf(
             (work / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
             exported = _export_config(config, fmt, quantization_config)
             (work / CONFIG_FILE).write_text(json.dumps(exported, indent=2) + "\n")
-            stats.copied_files = _copy_reference_files(reference_dir, work)
+            stats.copied_files = copy_reference_files(reference_dir, work)
             stats.seconds = time.time() - start
     finally:
         bar.close()

@@ -23,6 +23,9 @@ from megatron.minimax.models.conversion.mappings import MappingContext, WeightMa
 _DECODER_LAYER = re.compile(r"decoder\.layers\.(\d+)\.(.*)\Z")
 _SEQUENTIAL_EXPERT = re.compile(r"mlp\.experts\.local_experts\.(\d+)\.(.*)\Z")
 _GROUPED_EXPERT = re.compile(r"mlp\.experts\.(linear_fc[12])\.weight(\d+)\Z")
+# Quantizer state (amax, scales) that nvidia-modelopt adds to a quantized model: it describes how
+# weights are quantised, is not itself a weight, and has no HF name.
+_QUANTIZER_STATE = re.compile(r"(\A|\.)\w*_quantizer\.")
 # Transformer Engine fuses the pre-attention / pre-MLP norm into the next linear layer.
 _TE_FUSED_NORMS = {
     "self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
@@ -69,7 +72,8 @@ def model_tensors(
     tp_group: Optional[torch.distributed.ProcessGroup] = None,
     expt_tp_group: Optional[torch.distributed.ProcessGroup] = None,
 ) -> List[ModelTensor]:
-    """All parameters and persistent buffers of a model chunk, with canonical names.
+    """All parameters and persistent buffers of a model chunk, with canonical names (quantizer
+    state of a modelopt-quantized model excluded).
 
     Args:
         model: a GPTModel chunk, possibly wrapped.
@@ -85,6 +89,8 @@ def model_tensors(
     out = []
     for local_name, tensor in gpt.state_dict(keep_vars=True).items():
         if local_name.endswith("_extra_state") or tensor is None:
+            continue
+        if _QUANTIZER_STATE.search(local_name):
             continue
         canonical, expert_local, num_local = local_name, None, None
         m = _DECODER_LAYER.match(local_name)
