@@ -22,6 +22,7 @@ stage succeeded: a failure or an interrupt leaves no directory that looks comple
 
 import json
 import logging
+import os
 import shutil
 import sys
 import time
@@ -111,6 +112,12 @@ class _StageFiles:
     bytes: int = 0
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _is_distributed() -> bool:
     return torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
 
@@ -134,33 +141,47 @@ def _write_stage_shards(
     stage: int,
     max_shard_bytes: int,
     progress,
-) -> _StageFiles:
+) -> Tuple[_StageFiles, Optional[str]]:
+    """Writes the stream into shards; after a write error it still consumes the stream (the
+    exporter's gathers are collective) and returns the error."""
     out = _StageFiles()
     pending: Dict[str, torch.Tensor] = {}
     pending_bytes = 0
+    error = None
 
     def flush():
         nonlocal pending, pending_bytes
-        if not pending:
-            return
-        name = f".stage{stage:05d}-{len(out.files):05d}.safetensors"
-        save_file(pending, str(work / name), metadata={"format": "pt"})
-        out.files.append((name, sorted(pending)))
+        if pending:
+            name = f".stage{stage:05d}-{len(out.files):05d}.safetensors"
+            save_file(pending, str(work / name), metadata={"format": "pt"})
+            # safetensors writes through a private temporary file (mode 0600); give the shard
+            # the permissions of every other file written here.
+            os.chmod(work / name, 0o666 & ~_umask())
+            out.files.append((name, sorted(pending)))
         pending, pending_bytes = {}, 0
 
     for name, tensor in tensors:
-        if name in out.shapes:
-            raise CheckpointError(f"tensor {name} was exported twice")
-        nbytes = tensor.numel() * tensor.element_size()
-        if pending and pending_bytes + nbytes > max_shard_bytes:
+        if error is not None:
+            continue
+        try:
+            if name in out.shapes:
+                raise CheckpointError(f"tensor {name} was exported twice")
+            nbytes = tensor.numel() * tensor.element_size()
+            if pending and pending_bytes + nbytes > max_shard_bytes:
+                flush()
+            pending[name] = tensor.contiguous()
+            pending_bytes += nbytes
+            out.shapes[name] = list(tensor.shape)
+            out.bytes += nbytes
+            progress(nbytes)
+        except (CheckpointError, OSError) as e:
+            error = str(e)
+    if error is None:
+        try:
             flush()
-        pending[name] = tensor.contiguous()
-        pending_bytes += nbytes
-        out.shapes[name] = list(tensor.shape)
-        out.bytes += nbytes
-        progress(nbytes)
-    flush()
-    return out
+        except OSError as e:
+            error = f"{work}: cannot write ({e.strerror})"
+    return out, error
 
 
 def write_quantized_checkpoint(
@@ -178,10 +199,10 @@ def write_quantized_checkpoint(
 ) -> WriteStats:
     """Writes the quantized directory.
 
-    Collective over all ranks: each pipeline stage's writer passes that stage's tensors (e.g.
-    from :func:`~megatron.minimax.quantization.hf_export.export_quantized_hf_weights`), the
-    other ranks pass an empty iterable and ``is_stage_writer=False`` (but still iterate the
-    exporter with the writer, which is collective).
+    Collective over all ranks: every rank passes its stage's stream (e.g. from
+    :func:`~megatron.minimax.quantization.hf_export.export_quantized_hf_weights`, collective over
+    the stage), one rank per stage with ``is_stage_writer=True``; the others consume the stream
+    without writing.
 
     Args:
         tensors: this rank's ``(HF name, tensor)`` stream.
@@ -211,39 +232,57 @@ def write_quantized_checkpoint(
     if error is not None:
         raise CheckpointError(error)
     work = _gather(work)[0]
-
-    bar = None
-    if progress and is_stage_writer and stage == 0:
-        from tqdm import tqdm
-
-        bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, desc="write")
-    result, error = None, None
     try:
-        result = _write_stage_shards(
-            tensors if is_stage_writer else (),
-            work,
-            stage,
-            max_shard_bytes,
-            bar.update if bar is not None else (lambda n: None),
-        )
-    except (CheckpointError, ValueError, OSError) as e:
-        error = f"stage {stage}: {e}"
-    finally:
-        if bar is not None:
-            bar.close()
-    gathered = _gather((error, result if is_stage_writer else None))
-    error = next((e for e, _ in gathered if e is not None), None)
-    stats = None
-    if error is None and leader:
-        stats, error = _finish(work, gathered, save_dir, reference_config, reference_dir, recipe)
-    error = _first_error(error)
-    if error is not None:
+        bar = None
+        if progress and is_stage_writer and stage == 0:
+            from tqdm import tqdm
+
+            bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, desc="write")
+        try:
+            error, gathered = _write_stages(tensors, work, stage, max_shard_bytes, is_stage_writer, bar)
+        finally:
+            if bar is not None:
+                bar.close()
+        stats = None
+        if error is None and leader:
+            stats, error = _finish(work, gathered, save_dir, reference_config, reference_dir, recipe)
+        error = _first_error(error)
+        if error is not None:
+            raise CheckpointError(error)
+    except BaseException:
+        # Interrupted or failed: nothing that looks like a checkpoint stays behind.
         if leader:
             shutil.rmtree(work, ignore_errors=True)
-        raise CheckpointError(error)
+        raise
     stats = _gather(stats if leader else None)[0]
     stats.seconds = time.time() - start
     return stats
+
+
+def _write_stages(
+    tensors: Iterable[Tuple[str, torch.Tensor]],
+    work: Path,
+    stage: int,
+    max_shard_bytes: int,
+    is_stage_writer: bool,
+    bar,
+) -> Tuple[Optional[str], List]:
+    """Every stage writes its shards; returns the first error and every rank's ``(error,
+    files)`` (collective)."""
+    result, error = None, None
+    try:
+        if is_stage_writer:
+            progress = bar.update if bar is not None else (lambda n: None)
+            result, error = _write_stage_shards(tensors, work, stage, max_shard_bytes, progress)
+        else:
+            for _ in tensors:  # the exporter's gathers need every rank of the stage
+                pass
+    except ValueError as e:  # from the exporter, on every rank of the stage alike
+        error = str(e)
+    if error is not None:
+        error = f"pipeline stage {stage}: {error}"
+    gathered = _gather((error, result))
+    return next((e for e, _ in gathered if e is not None), None), gathered
 
 
 def _finish(
