@@ -81,6 +81,8 @@ def _indexed_documents(prefix: str) -> Iterator[numpy.ndarray]:
                 f"{prefix}: no {prefix + suffix} (expected a Megatron indexed dataset prefix or a "
                 f".jsonl file)"
             )
+    if os.path.getsize(prefix + ".bin") == 0:
+        return  # no documents (and nothing numpy could map)
     try:
         dataset = IndexedDataset(prefix, mmap=True)
     except Exception as e:  # corrupt index: struct, value and assertion errors

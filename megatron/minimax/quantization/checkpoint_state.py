@@ -97,11 +97,15 @@ def load_quantized_model(
 
 
 def save_quantized_model(model: torch.nn.Module, dist_dir: Union[str, os.PathLike]) -> None:
-    """Saves a quantized model chunk as a torch_dist checkpoint with modelopt's mode record.
-    Collective."""
+    """Saves a quantized model chunk as a torch_dist checkpoint with modelopt's mode record
+    into the directory ``dist_dir`` (created if missing; must be empty). Collective."""
     from megatron.core import dist_checkpointing
     from modelopt.torch.opt.plugins.mcore_dist_checkpointing import save_sharded_modelopt_state
 
     gpt = unwrap_model(model)
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        os.makedirs(dist_dir, exist_ok=True)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
     dist_checkpointing.save(gpt.sharded_state_dict(), str(dist_dir))
     save_sharded_modelopt_state([gpt], str(dist_dir))
