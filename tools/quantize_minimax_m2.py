@@ -136,7 +136,9 @@ def import_modelopt() -> None:
     try:
         importlib.import_module("modelopt.torch.quantization")
     except ImportError as e:
-        fail(f"nvidia-modelopt is not importable ({e}); install {MODELOPT_REQUIREMENT} and requests")
+        fail(
+            f"nvidia-modelopt is not importable ({e}); install {MODELOPT_REQUIREMENT} and requests"
+        )
 
 
 def check_inputs(args) -> None:
@@ -258,8 +260,11 @@ def main(argv=None) -> int:
         print(f"{PROG}: interrupted; no output was left behind", file=sys.stderr)
         return 130
     if rank == 0:
-        print(f"{recipe.name} ({recipe.quant_algo}), layout {layout}, {dist.get_world_size()} "
-              f"processes\n{result.summary()}\nwrote {args.save_dir}", flush=True)
+        print(
+            f"{recipe.name} ({recipe.quant_algo}), layout {layout}, {dist.get_world_size()} "
+            f"processes\n{result.summary()}\nwrote {args.save_dir}",
+            flush=True,
+        )
     dist.destroy_process_group()
     return 0
 

@@ -116,9 +116,7 @@ def insert_quantizers(model: torch.nn.Module, recipe: QuantizationRecipe) -> tor
 
 
 def quantize_and_calibrate(
-    model: torch.nn.Module,
-    recipe: QuantizationRecipe,
-    forward_loop: Callable[[], None],
+    model: torch.nn.Module, recipe: QuantizationRecipe, forward_loop: Callable[[], None]
 ) -> torch.nn.Module:
     """Inserts the recipe's quantizers into this rank's model chunk and calibrates them.
 

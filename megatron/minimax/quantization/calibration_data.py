@@ -43,7 +43,9 @@ class CalibrationData:
         if (self.path is None) == (self.tokens_file is None):
             raise ValueError("give exactly one of the calibration data path and the tokens file")
         if self.num_samples < 1:
-            raise ValueError(f"the number of calibration samples must be >= 1, got {self.num_samples}")
+            raise ValueError(
+                f"the number of calibration samples must be >= 1, got {self.num_samples}"
+            )
         if self.seq_length < 2:
             raise ValueError(f"the calibration sequence length must be >= 2, got {self.seq_length}")
 

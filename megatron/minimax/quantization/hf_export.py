@@ -149,36 +149,43 @@ def export_quantized_hf_weights(
     chunks = _chunks(model_chunks)
     amax_by_name = quantizer_amax_by_hf_name(chunks, config, model_args)
     for name, tensor in export_hf_weights(chunks, config, model_args, dtype=torch.float32):
-        tensor = tensor.detach().cpu()
-        amax = amax_by_name.get(name)
-        if amax is None:
-            mapping, _ = MINIMAX_M2_WEIGHTS.resolve_hf(name)
-            yield name, tensor.to(mapping.dtype or torch.bfloat16)
-            continue
-        if not name.endswith(WEIGHT_SUFFIX) or tensor.dim() != 2:
-            raise ValueError(f"{name}: shape {tuple(tensor.shape)} cannot be quantized")
-        module = name[: -len(WEIGHT_SUFFIX)]
-        if recipe.is_nvfp4:
-            if tensor.shape[1] % recipe.group_size:
-                raise ValueError(
-                    f"{name}: {tensor.shape[1]} input features are not a multiple of the NVFP4 "
-                    f"group size {recipe.group_size}"
-                )
-            packed = quantize_nvfp4(tensor, amax.weight, recipe.group_size)
-            yield name, packed.weight
-            yield module + ".weight_scale", packed.weight_scale
-            yield module + ".weight_scale_2", packed.weight_scale_2
-            input_divisor = E2M1_MAX * E4M3_MAX
-        else:
-            weight_amax = amax.weight
-            if _scale_per_hf_tensor(name):
-                weight_amax = torch.minimum(weight_amax, tensor.abs().max())
-            values, scale = quantize_fp8_per_tensor(tensor, weight_amax)
-            yield name, values
-            yield module + ".weight_scale", scale
-            input_divisor = E4M3_MAX
-        if amax.input is not None:
-            yield module + ".input_scale", amax.input.float() / input_divisor
+        # Quantised on the model's device (the GPU when there is one), handed over on CPU.
+        for out_name, out in _quantized(name, tensor.detach(), amax_by_name.get(name), recipe):
+            yield out_name, out.cpu()
+
+
+def _quantized(
+    name: str, tensor: torch.Tensor, amax: Optional[QuantizerAmax], recipe: QuantizationRecipe
+) -> Iterator[Tuple[str, torch.Tensor]]:
+    """The serving-format tensors of one exported HF tensor."""
+    if amax is None:
+        mapping, _ = MINIMAX_M2_WEIGHTS.resolve_hf(name)
+        yield name, tensor.to(mapping.dtype or torch.bfloat16)
+        return
+    if not name.endswith(WEIGHT_SUFFIX) or tensor.dim() != 2:
+        raise ValueError(f"{name}: shape {tuple(tensor.shape)} cannot be quantized")
+    module = name[: -len(WEIGHT_SUFFIX)]
+    if recipe.is_nvfp4:
+        if tensor.shape[1] % recipe.group_size:
+            raise ValueError(
+                f"{name}: {tensor.shape[1]} input features are not a multiple of the NVFP4 "
+                f"group size {recipe.group_size}"
+            )
+        packed = quantize_nvfp4(tensor, amax.weight, recipe.group_size)
+        yield name, packed.weight
+        yield module + ".weight_scale", packed.weight_scale
+        yield module + ".weight_scale_2", packed.weight_scale_2
+        input_divisor = E2M1_MAX * E4M3_MAX
+    else:
+        weight_amax = amax.weight
+        if _scale_per_hf_tensor(name):
+            weight_amax = torch.minimum(weight_amax, tensor.abs().max().cpu())
+        values, scale = quantize_fp8_per_tensor(tensor, weight_amax)
+        yield name, values
+        yield module + ".weight_scale", scale
+        input_divisor = E4M3_MAX
+    if amax.input is not None:
+        yield module + ".input_scale", amax.input.float() / input_divisor
 
 
 def quantized_module_names(shapes: Mapping[str, Sequence[int]]) -> Tuple[List[str], List[str]]:

@@ -239,13 +239,17 @@ def write_quantized_checkpoint(
 
             bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr, desc="write")
         try:
-            error, gathered = _write_stages(tensors, work, stage, max_shard_bytes, is_stage_writer, bar)
+            error, gathered = _write_stages(
+                tensors, work, stage, max_shard_bytes, is_stage_writer, bar
+            )
         finally:
             if bar is not None:
                 bar.close()
         stats = None
         if error is None and leader:
-            stats, error = _finish(work, gathered, save_dir, reference_config, reference_dir, recipe)
+            stats, error = _finish(
+                work, gathered, save_dir, reference_config, reference_dir, recipe
+            )
         error = _first_error(error)
         if error is not None:
             raise CheckpointError(error)

@@ -21,10 +21,7 @@ from typing import Optional
 
 import torch
 
-from megatron.minimax.quantization.nvfp4_format import (
-    NVFP4_GROUP_SIZE,
-    nvfp4_fake_quantize_values,
-)
+from megatron.minimax.quantization.nvfp4_format import NVFP4_GROUP_SIZE, nvfp4_fake_quantize_values
 
 __all__ = ["NVFP4_CPU_BACKEND", "nvfp4_fake_quantize", "register_nvfp4_cpu_backend"]
 

@@ -79,9 +79,7 @@ def _tensor_scale(amax: Union[torch.Tensor, float], device: torch.device) -> tor
     return amax / (E2M1_MAX * E4M3_MAX)
 
 
-def _group_scales(
-    x: torch.Tensor, tensor_scale: torch.Tensor, group_size: int
-) -> torch.Tensor:
+def _group_scales(x: torch.Tensor, tensor_scale: torch.Tensor, group_size: int) -> torch.Tensor:
     """Per-group e4m3 scales ``[..., groups]`` of fp32 ``x``."""
     group_amax = x.abs().unflatten(-1, (-1, group_size)).amax(dim=-1)
     scale = group_amax / (E2M1_MAX * tensor_scale)
@@ -108,9 +106,7 @@ def _e2m1_values(codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> tor
 
 
 def quantize_nvfp4(
-    x: torch.Tensor,
-    amax: Union[torch.Tensor, float],
-    group_size: int = NVFP4_GROUP_SIZE,
+    x: torch.Tensor, amax: Union[torch.Tensor, float], group_size: int = NVFP4_GROUP_SIZE
 ) -> NVFP4Tensor:
     """Quantises ``x`` (any float dtype, last dimension a multiple of ``group_size``).
 

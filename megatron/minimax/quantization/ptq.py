@@ -111,7 +111,9 @@ def checkpoint_directory(load_dir) -> Path:
     except ValueError as e:
         raise ValueError(f"{load_dir}/latest_checkpointed_iteration.txt: {e}") from None
     if not (dist_dir / ".metadata").is_file():
-        raise ValueError(f"{load_dir}: not a Megatron torch_dist checkpoint (no {dist_dir}/.metadata)")
+        raise ValueError(
+            f"{load_dir}: not a Megatron torch_dist checkpoint (no {dist_dir}/.metadata)"
+        )
     return dist_dir
 
 

@@ -58,7 +58,7 @@ def add_minimax_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 
 def _add_modelopt_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """``--modelopt-recipe``: quantization-aware training (``megatron.minimax.quantization.qat``)."""
+    """``--modelopt-recipe``: quantization-aware training (``quantization/qat.py``)."""
     from megatron.minimax.quantization.recipes import RECIPES
 
     group = parser.add_argument_group(title=MODELOPT_GROUP_TITLE)

@@ -16,7 +16,9 @@ def test_report_names_the_experts_without_tokens():
 
 
 def test_report_when_every_expert_saw_tokens():
-    report = CalibrationReport(num_sequences=2, num_tokens=8, tokens_per_expert={0: [4, 4], 1: [7, 1]})
+    report = CalibrationReport(
+        num_sequences=2, num_tokens=8, tokens_per_expert={0: [4, 4], 1: [7, 1]}
+    )
     assert report.experts_without_tokens() == {}
     assert report.summary().splitlines()[1] == (
         "every expert of every layer processed calibration tokens (at least 1)"

@@ -42,11 +42,17 @@ def test_jsonl_is_tokenized_with_eos_after_each_document(tmp_path, tokenizer_dir
     from transformers import AutoTokenizer
 
     path = tmp_path / "calib.jsonl"
-    path.write_text("\n".join(json.dumps({"text": t}) for t in ["hello world", "", "the cat"]) + "\n")
-    data = CalibrationData(path=str(path), tokenizer_dir=str(tokenizer_dir), num_samples=1, seq_length=3)
+    path.write_text(
+        "\n".join(json.dumps({"text": t}) for t in ["hello world", "", "the cat"]) + "\n"
+    )
+    data = CalibrationData(
+        path=str(path), tokenizer_dir=str(tokenizer_dir), num_samples=1, seq_length=3
+    )
     tokens = load_calibration_tokens(data, 1001)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    expected = tokenizer("hello world", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    expected = tokenizer("hello world", add_special_tokens=False)["input_ids"] + [
+        tokenizer.eos_token_id
+    ]
     assert tokens.tolist() == [expected[:3]]
 
 
@@ -77,6 +83,8 @@ def test_bad_inputs_are_refused(tmp_path, tokenizer_dir):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"content": "x"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1: not a JSON object with a 'text' string"):
-        load_calibration_tokens(CalibrationData(path=str(path), tokenizer_dir=str(tokenizer_dir)), 100)
+        load_calibration_tokens(
+            CalibrationData(path=str(path), tokenizer_dir=str(tokenizer_dir)), 100
+        )
     with pytest.raises(ValueError, match="exactly one"):
         CalibrationData()

@@ -21,7 +21,12 @@ def _amax_by_expert(model):
                 for kind in ("weight_quantizer", "input_quantizer"):
                     q = getattr(getattr(expert, linear), kind)
                     assert isinstance(q, TensorQuantizer)
-                    key = (layer.layer_number - 1, layer.mlp.local_expert_indices[local], linear, kind)
+                    key = (
+                        layer.layer_number - 1,
+                        layer.mlp.local_expert_indices[local],
+                        linear,
+                        kind,
+                    )
                     out[key] = q.amax.detach().clone()
     return out
 
@@ -52,7 +57,10 @@ def _worker(rank, world_size, hf_dir, directory):
     out = {"saved": _amax_by_expert(saved.model)}
     out["detected"] = has_quantizer_state(directory)
     out["modelopt_state"] = os.path.isdir(os.path.join(directory, MODELOPT_STATE_DIR))
-    for name, target in (("TP2xETP1", parity.ParallelLayout(tp=2, etp=1)), ("TP1", parity.ParallelLayout())):
+    for name, target in (
+        ("TP2xETP1", parity.ParallelLayout(tp=2, etp=1)),
+        ("TP1", parity.ParallelLayout()),
+    ):
         parity.initialize_layout(target)
         loaded = parity.build_from_hf(checkpoint.config, None, target)
         load_quantized_model(loaded.model, recipe, directory)

@@ -15,7 +15,9 @@ def test_scale_and_values_follow_modelopt():
     assert scale.dtype == torch.float32 and scale.shape == ()
     assert torch.equal(scale, expected_scale)
     assert values.dtype == torch.float8_e4m3fn
-    assert torch.equal(values.view(torch.uint8), (w / expected_scale).to(torch.float8_e4m3fn).view(torch.uint8))
+    assert torch.equal(
+        values.view(torch.uint8), (w / expected_scale).to(torch.float8_e4m3fn).view(torch.uint8)
+    )
     assert (values.float() * scale - w).abs().max() <= amax / 16  # e4m3: 3 mantissa bits
 
 

@@ -113,9 +113,11 @@ def _load_dir(directory):
     directory = Path(directory)
     tensors = {}
     index = directory / "model.safetensors.index.json"
-    files = set(json.loads(index.read_text())["weight_map"].values()) if index.is_file() else {
-        "model.safetensors"
-    }
+    files = (
+        set(json.loads(index.read_text())["weight_map"].values())
+        if index.is_file()
+        else {"model.safetensors"}
+    )
     for name in sorted(files):
         tensors.update(load_file(str(directory / name)))
     config = json.loads((directory / "config.json").read_text())
@@ -198,7 +200,9 @@ class TestAgainstModeloptHFExport:
         ours, _, _ = exports[1][case]
         theirs, _, _ = golden[CASES[case][0]]
         plain = [n for n in ours if n + "_scale" not in ours and not _is_quantization_tensor(n)]
-        plain = [n for n in plain if not (n.endswith(".weight") and n[:-7] + ".weight_scale" in ours)]
+        plain = [
+            n for n in plain if not (n.endswith(".weight") and n[:-7] + ".weight_scale" in ours)
+        ]
         for name in plain:
             if ".block_sparse_moe.gate." in name or name.endswith("e_score_correction_bias"):
                 assert ours[name].dtype == torch.float32, name
@@ -221,7 +225,9 @@ class TestAgainstModeloptHFExport:
         unquantized = {m for m in modules if m + ".weight_scale" not in ours}
         assert excluded == unquantized
         # modelopt lists some modules by wildcard ("model.layers.0.self_attn*"): same modules.
-        assert {m for m in modules if any(fnmatch.fnmatch(m, p) for p in golden_patterns)} == excluded
+        assert {
+            m for m in modules if any(fnmatch.fnmatch(m, p) for p in golden_patterns)
+        } == excluded
         ours_c, theirs_c = dict(config["quantization_config"]), dict(
             golden_config["quantization_config"]
         )
@@ -242,7 +248,11 @@ def test_nvfp4_tensors_have_the_serving_dtypes_and_shapes(exports, tiny_bf16_che
     for layer in range(config["num_hidden_layers"]):
         for expert in range(config["num_local_experts"]):
             prefix = f"model.layers.{layer}.block_sparse_moe.experts.{expert}"
-            for w, (rows, cols) in (("w1", (ffn, hidden)), ("w2", (hidden, ffn)), ("w3", (ffn, hidden))):
+            for w, (rows, cols) in (
+                ("w1", (ffn, hidden)),
+                ("w2", (hidden, ffn)),
+                ("w3", (ffn, hidden)),
+            ):
                 m = f"{prefix}.{w}"
                 assert ours[m + ".weight"].dtype == torch.uint8
                 assert tuple(ours[m + ".weight"].shape) == (rows, cols // 2)
@@ -323,7 +333,9 @@ class TestCalibrationCoverage:
         assert report.experts_without_tokens() == {}
         # 128 tokens x top-2 per layer, each counted once whatever the layout.
         assert all(sum(c) == 2 * 128 for c in report.tokens_per_expert.values())
-        assert exports[0]["nvfp4-experts/TP2xEP2xETP1"].tokens_per_expert == report.tokens_per_expert
+        assert (
+            exports[0]["nvfp4-experts/TP2xEP2xETP1"].tokens_per_expert == report.tokens_per_expert
+        )
 
     def test_experts_without_tokens_are_reported_and_get_the_layer_scales(self, exports):
         report = exports[0][IDLE_CASE]

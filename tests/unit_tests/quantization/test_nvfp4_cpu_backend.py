@@ -29,7 +29,9 @@ def test_forward_is_modelopts_reference_quantize_dequantize(shape):
         expected = _reference(x.reshape(-1, shape[-1]), amax).reshape(shape)
         assert torch.equal(nvfp4_fake_quantize(x, amax), expected)
     # Without an amax the tensor's own is used (an uncalibrated quantizer).
-    assert torch.equal(nvfp4_fake_quantize(x), _reference(x.reshape(-1, shape[-1]), x.abs().max()).reshape(shape))
+    assert torch.equal(
+        nvfp4_fake_quantize(x), _reference(x.reshape(-1, shape[-1]), x.abs().max()).reshape(shape)
+    )
 
 
 def test_backward_is_straight_through_or_clipped_at_amax():

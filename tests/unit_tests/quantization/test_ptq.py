@@ -28,9 +28,13 @@ def _check(recipe, hidden=64, ffn=48, width=128, tp=1, etp=1):
 def test_nvfp4_needs_whole_groups_of_16_per_rank():
     _check("nvfp4-experts")
     _check("fp8", hidden=60, ffn=40)  # per-tensor FP8 has no groups
-    with pytest.raises(ValueError, match="^hidden size .* 72 is not a multiple of the NVFP4 group size 16$"):
+    with pytest.raises(
+        ValueError, match="^hidden size .* 72 is not a multiple of the NVFP4 group size 16$"
+    ):
         _check("nvfp4-experts", hidden=72)
-    with pytest.raises(ValueError, match="expert FFN size .* 48 / 2 tensor-parallel ranks = 24 is not"):
+    with pytest.raises(
+        ValueError, match="expert FFN size .* 48 / 2 tensor-parallel ranks = 24 is not"
+    ):
         _check("nvfp4-experts", etp=2)
     with pytest.raises(ValueError, match="o_proj"):
         _check("nvfp4", width=48, tp=2)
@@ -42,7 +46,9 @@ def test_calibration_tokens_are_required_and_fit_sequence_parallelism():
         check_calibration_tokens(None, ParallelLayout(), "ckpt")
     with pytest.raises(ValueError, match=r"sequence length \(31\) divisible by TP \(2\)"):
         check_calibration_tokens(torch.zeros(2, 31, dtype=torch.long), ParallelLayout(tp=2), "x")
-    check_calibration_tokens(torch.zeros(2, 31, dtype=torch.long), ParallelLayout(tp=2, sequence_parallel=False), "x")
+    check_calibration_tokens(
+        torch.zeros(2, 31, dtype=torch.long), ParallelLayout(tp=2, sequence_parallel=False), "x"
+    )
 
 
 def test_data_parallel_ranks_share_the_sequences():

@@ -25,7 +25,9 @@ def test_without_the_flag_there_is_no_quantization():
 
 
 def test_flag_selects_the_recipe():
-    training = QuantizationAwareTraining.from_args(_args(RECIPE + ["--modelopt-calib-samples", "16"]))
+    training = QuantizationAwareTraining.from_args(
+        _args(RECIPE + ["--modelopt-calib-samples", "16"])
+    )
     assert training.recipe.name == "nvfp4-experts" and training.calib_samples == 16
     assert training.checkpoint is None and not training.restored
 
@@ -40,8 +42,9 @@ def test_unknown_recipe_is_an_argparse_error(capsys):
     "extra, world_size, message",
     [
         (["--tensor-model-parallel-size", "2", "--sequence-parallel"], 2, "w2 inputs.* 48 / 2"),
-        (["--tensor-model-parallel-size", "2", "--sequence-parallel", "--expert-model-parallel-size", "2",
-          "--expert-tensor-parallel-size", "1"], 4, "both --tensor-model-parallel-size and --expert"),
+        (["--tensor-model-parallel-size", "2", "--sequence-parallel",
+          "--expert-model-parallel-size", "2", "--expert-tensor-parallel-size", "1"], 4,
+         "both --tensor-model-parallel-size and --expert"),
         (["--modelopt-calib-samples", "0"], 1, "must be >= 1"),
     ],
 )  # fmt: skip

@@ -29,7 +29,12 @@ def test_backend_is_set_on_nvfp4_quantizers_only():
     import modelopt.torch.quantization as mtq
 
     config = get_recipe("nvfp4-experts").modelopt_config("cpu-backend")
-    nvfp4 = [e for e in config["quant_cfg"] if tuple(e.get("cfg", {}).get("num_bits", ())) == (2, 1)]
+    nvfp4 = [
+        e for e in config["quant_cfg"] if tuple(e.get("cfg", {}).get("num_bits", ())) == (2, 1)
+    ]
     assert nvfp4 and all(e["cfg"]["backend"] == "cpu-backend" for e in nvfp4)
     assert mtq.NVFP4_EXPERTS_ONLY_CFG != config  # a copy: modelopt's preset is untouched
-    assert all("backend" not in e.get("cfg", {}) for e in get_recipe("fp8").modelopt_config("x")["quant_cfg"])
+    assert all(
+        "backend" not in e.get("cfg", {})
+        for e in get_recipe("fp8").modelopt_config("x")["quant_cfg"]
+    )

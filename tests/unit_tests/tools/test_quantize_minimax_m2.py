@@ -59,8 +59,8 @@ def test_quantizes_a_converted_checkpoint(
 ):
     out = tmp_path / "nvfp4"
     proc = _subprocess(
-        ["--load-dir", str(converted_fp8_checkpoint), "--hf-reference-dir", str(tiny_fp8_checkpoint),
-         "--calib-tokens-file", str(tokens_file), "--save-dir", str(out)]
+        ["--load-dir", str(converted_fp8_checkpoint), "--hf-reference-dir",
+         str(tiny_fp8_checkpoint), "--calib-tokens-file", str(tokens_file), "--save-dir", str(out)]
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
@@ -95,7 +95,8 @@ def test_missing_modelopt_is_one_line(tmp_path, tiny_bf16_checkpoint, tokens_fil
 
 def test_unknown_recipe(capsys, tiny_bf16_checkpoint, tmp_path):
     message = _refused(
-        capsys, ["--hf-dir", str(tiny_bf16_checkpoint), "--recipe", "int4", "--save-dir", str(tmp_path)]
+        capsys,
+        ["--hf-dir", str(tiny_bf16_checkpoint), "--recipe", "int4", "--save-dir", str(tmp_path)],
     )
     assert message == "unknown quantization recipe 'int4'; choose one of nvfp4-experts, nvfp4, fp8"
 
@@ -130,7 +131,9 @@ def test_empty_calibration_data(capsys, tiny_bf16_checkpoint, tmp_path):
     assert message == f"{prefix}: the calibration data holds no tokens"
 
 
-def test_plain_checkpoint_without_calibration_data(capsys, converted_fp8_checkpoint, tiny_fp8_checkpoint, tmp_path):
+def test_plain_checkpoint_without_calibration_data(
+    capsys, converted_fp8_checkpoint, tiny_fp8_checkpoint, tmp_path
+):
     message = _refused(
         capsys, ["--load-dir", str(converted_fp8_checkpoint), "--hf-reference-dir",
                  str(tiny_fp8_checkpoint), "--save-dir", str(tmp_path / "out")],
@@ -145,7 +148,8 @@ def test_plain_checkpoint_without_calibration_data(capsys, converted_fp8_checkpo
     "argv, expected",
     [
         ([], "give exactly one of --load-dir and --hf-dir"),
-        (["--load-dir", "."], "--load-dir needs --hf-reference-dir (the model's config.json and tokenizer)"),
+        (["--load-dir", "."],
+         "--load-dir needs --hf-reference-dir (the model's config.json and tokenizer)"),
         (["--hf-dir", ".", "--calib-samples", "0"], "--calib-samples must be >= 1, got 0"),
         (["--hf-dir", "missing"], "missing: --hf-dir is not a directory"),
     ],
