@@ -36,7 +36,7 @@ from megatron.minimax.models.conversion.model_weights import iter_hf_weights, un
 from megatron.minimax.models.minimax_m2.export import export_hf_weights
 from megatron.minimax.models.minimax_m2.hf_config import GPTModelArgs, padded_vocab_size
 from megatron.minimax.models.minimax_m2.weight_mapping import MINIMAX_M2_WEIGHTS, mapping_context
-from megatron.minimax.quantization.fp8_per_tensor import fp8_scale, quantize_fp8_per_tensor
+from megatron.minimax.quantization.fp8_per_tensor import quantize_fp8_per_tensor
 from megatron.minimax.quantization.nvfp4_format import E2M1_MAX, E4M3_MAX, quantize_nvfp4
 from megatron.minimax.quantization.recipes import QuantizationRecipe
 from megatron.minimax.transformer.transformer_config import TransformerConfig

@@ -10,7 +10,7 @@ HF exporter and write the directory (one writer per pipeline stage).
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
@@ -157,7 +157,8 @@ def _check_recipe_matches(model, recipe: QuantizationRecipe, source: str) -> Non
     expected = (2, 1) if recipe.is_nvfp4 else (4, 3)
     for name, module in model.named_modules():
         if isinstance(module, TensorQuantizer) and module.is_enabled:
-            if tuple(module.num_bits) != expected:
+            num_bits = module.num_bits
+            if (tuple(num_bits) if isinstance(num_bits, (list, tuple)) else num_bits) != expected:
                 raise ValueError(
                     f"{source}: {name} was trained as a {module.num_bits}-bit quantizer, not "
                     f"with the {recipe.name} recipe; pass the recipe the model was trained with"

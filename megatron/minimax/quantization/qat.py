@@ -24,7 +24,6 @@ form) and TP > 1 together with EP > 1 (modelopt cannot checkpoint expert quantiz
 
 import logging
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional

@@ -11,7 +11,6 @@ The same launch measures the fake-quantised forward against the unquantised one 
 
 import fnmatch
 import json
-import os
 from pathlib import Path
 
 import pytest
