@@ -115,6 +115,15 @@ def _train_worker(rank, world_size, hf_dir, load_dir, save_dir, steps, tokens):
 def _bf16_logits_worker(rank, world_size, hf_dir, load_dir, tokens):
     """Megatron's fp32 logits on the saved weights rounded as the BF16 export rounds them (every
     tensor but the fp32 router gate and bias)."""
+    from megatron.minimax.models.minimax_m2 import parity
+
+    loaded = _load_rounded_to_bf16(hf_dir, load_dir)
+    return parity.megatron_logits(loaded, tokens) if rank == 0 else None
+
+
+def _load_rounded_to_bf16(hf_dir, load_dir):
+    """The torch_dist checkpoint at TP1 in fp32, every tensor but the fp32 router gate rounded to
+    bf16 (as the BF16 export, and the quantization tool's bf16 model, hold it)."""
     from megatron.minimax.checkpoint.hf_checkpoint import HFCheckpoint
     from megatron.minimax.models.minimax_m2 import parity
 
@@ -125,7 +134,7 @@ def _bf16_logits_worker(rank, world_size, hf_dir, load_dir, tokens):
         for name, param in loaded.model.named_parameters():
             if not name.endswith("router.weight"):
                 param.copy_(param.to(torch.bfloat16).float())
-    return parity.megatron_logits(loaded, tokens) if rank == 0 else None
+    return loaded
 
 
 def show_parity(hf_dir: Path, layouts, load_dir: Path = None) -> bool:
@@ -275,22 +284,15 @@ def _nvfp4_logits_worker(rank, world_size, hf_dir, load_dir, calibration, probe,
     every expert weight the forward uses is the export's dequantized weight."""
     from safetensors import safe_open
 
-    from megatron.minimax.checkpoint.hf_checkpoint import HFCheckpoint
     from megatron.minimax.models.minimax_m2 import parity
+    from megatron.minimax.models.minimax_m2.export import export_hf_weights
     from megatron.minimax.quantization.calibration import forward_only, quantize_and_calibrate
     from megatron.minimax.quantization.hf_export import quantizer_amax_by_hf_name
     from megatron.minimax.quantization.nvfp4_cpu_backend import nvfp4_fake_quantize
     from megatron.minimax.quantization.nvfp4_format import NVFP4Tensor, dequantize_nvfp4
     from megatron.minimax.quantization.recipes import get_recipe
-    from megatron.minimax.models.minimax_m2.export import export_hf_weights
 
-    layout = parity.ParallelLayout()
-    parity.initialize_layout(layout)
-    loaded = parity.build_from_dist_checkpoint(HFCheckpoint(hf_dir).config, load_dir, layout)
-    with torch.no_grad():
-        for name, param in loaded.model.named_parameters():
-            if not name.endswith("router.weight"):
-                param.copy_(param.to(torch.bfloat16).float())
+    loaded = _load_rounded_to_bf16(hf_dir, load_dir)
     recipe = get_recipe("nvfp4-experts")
     with contextlib.redirect_stdout(io.StringIO()):  # modelopt's "Inserted N quantizers"
         quantize_and_calibrate(
