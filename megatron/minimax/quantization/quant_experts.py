@@ -14,8 +14,10 @@ either restore with either), which differs in four ways:
    experts run with unit weights and the output is scaled afterwards, so calibration measures
    (and QAT trains against) the activation that serving quantises.
 2. **Tensor and expert parallelism together.** modelopt refuses TP > 1 with EP > 1 for this
-   module because its quantizer state cannot be checkpointed then; quantizers for calibration
-   and export work at any layout (``quantization.checkpoint_state`` checks layouts that save).
+   module because its quantizer state cannot be checkpointed then (the expert quantizers' amaxes
+   get the dense tensor-parallel rank as replica id, and torch_dist rejects the pattern);
+   calibration and export work at any layout, and the places that save
+   (``checkpoint_state.save_quantized_model``, ``qat``) refuse that layout.
 3. **Experts without calibration tokens.** Every expert of a layer shares one input amax per
    projection (``w1``/``w3`` and ``w2``), the maximum over all of the layer's experts, as in
    modelopt's HF export of fused experts and in vLLM's NVFP4 MoE kernels. modelopt takes that
@@ -54,9 +56,10 @@ class QuantSequentialExperts(_MegatronSequentialMLP):
         for expert in self.local_experts:
             expert.linear_fc1._parallel_state = self.parallel_state
             expert.linear_fc2._parallel_state = self.parallel_state
+        device = next(self.parameters()).device
         self.register_buffer(
             "calibration_tokens",
-            torch.zeros(self.num_local_experts, dtype=torch.int64),
+            torch.zeros(self.num_local_experts, dtype=torch.int64, device=device),
             persistent=False,
         )
 
