@@ -2,8 +2,8 @@
 """Pretrain or fine-tune GPT models, MiniMax-M2 included, with megatron-training.
 
 Takes every stock Megatron flag, plus this package's ``TransformerConfig`` fields
-(``--qk-layernorm-scope``). For MiniMax-M2 the architecture flags come from
-``tools/minimax_m2_args.py --hf-config config.json``.
+(``--qk-layernorm-scope``) and ``--modelopt-recipe`` (quantization-aware training). For
+MiniMax-M2 the architecture flags come from ``tools/minimax_m2_args.py --hf-config config.json``.
 """
 
 import time
@@ -21,6 +21,7 @@ from megatron.minimax.training import (
     gpt_model_config_from_args,
     use_fp32_param_safe_float16_optimizer,
 )
+from megatron.minimax.quantization.qat import configure as configure_quantization_aware_training
 from megatron.minimax.training.gpt_step import forward_step, train_valid_test_datasets_provider
 
 if __name__ == "__main__":
@@ -34,10 +35,14 @@ if __name__ == "__main__":
     # An fp32 router in a bf16 model: checkpoint the non-distributed optimizer correctly.
     use_fp32_param_safe_float16_optimizer()
     model_config = gpt_model_config_from_args(args)
+    # --modelopt-recipe: quantizers restored before the load, or calibrated after it.
+    datasets_provider = configure_quantization_aware_training(
+        args, model_config, train_valid_test_datasets_provider
+    )
 
     pretrain(
         pretrain_cfg_container_from_args(args, model_config),
-        train_valid_test_datasets_provider,
+        datasets_provider,
         ModelType.encoder_or_decoder,
         forward_step,
         store=store,

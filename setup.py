@@ -23,10 +23,14 @@ setup(
         "tqdm",
         # Chat templates (SFT data preparation).
         "jinja2",
+        # NVFP4 / FP8 quantization (tools/quantize_minimax_m2.py, --modelopt-recipe). Its [hf]
+        # extra pins transformers < 5.15, so only the base package is installed.
+        "nvidia-modelopt==0.47.0",
+        # modelopt.torch imports requests without declaring it.
+        "requests",
     ],
     extras_require={
         "test": ["pytest>=8"],
         "te": ["transformer-engine[pytorch]"],
-        "modelopt": ["nvidia-modelopt"],
     },
 )

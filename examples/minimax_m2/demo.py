@@ -12,11 +12,18 @@
    checkpoint, export it to HF in BF16 and FP8 (mcore-to-hf), and check that transformers'
    logits on the BF16 export equal Megatron's on the saved weights; as a GPTModel, then as a
    HybridModel (pattern ``*E`` per layer) that loads the same converted checkpoint.
+6. Quantize the trained (GPTModel) checkpoint to NVFP4 experts for serving (tools/quantize_minimax_m2.py,
+   modelopt's format, as NVIDIA's MiniMax-M2.x NVFP4 checkpoints) and compare the quantized
+   model's logits (fake-quantised forward, whose expert weights are the dequantized export)
+   with the BF16 export's.
 
 Parity rows name the megatron-core class: GPTModel, or HybridModel with the same weights.
 """
 
 import argparse
+import contextlib
+import io
+import json
 import logging
 import os
 import sys
@@ -27,6 +34,9 @@ from pathlib import Path
 import torch
 
 WORLD_SIZE = 4
+NVFP4_DEMO_LOSS_CHANGE = 0.1
+"""Largest accepted change of the next-token loss from BF16 to NVFP4 experts on the demo's probe
+tokens (natural-log units)."""
 
 
 CLASS_NAMES = {"gpt": "GPTModel", "hybrid": "HybridModel"}
@@ -113,6 +123,15 @@ def _train_worker(rank, world_size, hf_dir, load_dir, save_dir, steps, tokens, m
 def _bf16_logits_worker(rank, world_size, hf_dir, load_dir, tokens, model):
     """Megatron's fp32 logits on the saved weights rounded as the BF16 export rounds them (every
     tensor but the fp32 router gate and bias)."""
+    from megatron.minimax.models.minimax_m2 import parity
+
+    loaded = _load_rounded_to_bf16(hf_dir, load_dir, model)
+    return parity.megatron_logits(loaded, tokens) if rank == 0 else None
+
+
+def _load_rounded_to_bf16(hf_dir, load_dir, model="gpt"):
+    """The torch_dist checkpoint at TP1 in fp32, every tensor but the fp32 router gate rounded to
+    bf16 (as the BF16 export, and the quantization tool's bf16 model, hold it)."""
     from megatron.minimax.checkpoint.hf_checkpoint import HFCheckpoint
     from megatron.minimax.models.minimax_m2 import parity
 
@@ -125,7 +144,7 @@ def _bf16_logits_worker(rank, world_size, hf_dir, load_dir, tokens, model):
         for name, param in loaded.model.named_parameters():
             if not name.endswith("router.weight"):
                 param.copy_(param.to(torch.bfloat16).float())
-    return parity.megatron_logits(loaded, tokens) if rank == 0 else None
+    return loaded
 
 
 def show_parity(hf_dir: Path, rows, load_dir: Path = None) -> bool:
@@ -213,6 +232,7 @@ def main() -> int:
     ok &= convert_and_check(hf_dir, work)
     for model in ("gpt", "hybrid"):
         ok &= train_and_export(hf_dir, work, model)
+    ok &= quantize_nvfp4_experts(hf_dir, work)
     print(f"\ndone in {time.time() - start:.0f} s: "
           f"{'every check passed' if ok else 'A CHECK FAILED'}")
     return 0 if ok else 1
@@ -282,6 +302,80 @@ def train_and_export(hf_dir: Path, work: Path, model: str, steps: int = 8) -> bo
     print(f"    transformers on the BF16 export vs Megatron on the same weights: max |dlogit| "
           f"{diff:.2e}  {'PASS' if same else 'FAIL'}")
     return ok and same
+
+
+def _nvfp4_logits_worker(rank, world_size, hf_dir, load_dir, calibration, probe, export_dir):
+    """Megatron on the saved weights rounded as the quantizer's bf16 model holds them, with the
+    NVFP4-experts quantizers calibrated on the same tokens: fake-quantised logits, and whether
+    every expert weight the forward uses is the export's dequantized weight."""
+    from safetensors import safe_open
+
+    from megatron.minimax.models.minimax_m2 import parity
+    from megatron.minimax.models.minimax_m2.export import export_hf_weights
+    from megatron.minimax.quantization.calibration import forward_only, quantize_and_calibrate
+    from megatron.minimax.quantization.hf_export import quantizer_amax_by_hf_name
+    from megatron.minimax.quantization.nvfp4_cpu_backend import nvfp4_fake_quantize
+    from megatron.minimax.quantization.nvfp4_format import NVFP4Tensor, dequantize_nvfp4
+    from megatron.minimax.quantization.recipes import get_recipe
+
+    loaded = _load_rounded_to_bf16(hf_dir, load_dir)
+    recipe = get_recipe("nvfp4-experts")
+    with contextlib.redirect_stdout(io.StringIO()):  # modelopt's "Inserted N quantizers"
+        quantize_and_calibrate(
+            loaded.model, recipe, lambda: forward_only([loaded.model], [calibration])
+        )
+    logits = parity.megatron_logits(loaded, probe)
+    amax = quantizer_amax_by_hf_name(loaded.model, loaded.config, loaded.model_args)
+    index = json.loads((Path(export_dir) / "model.safetensors.index.json").read_text())
+    same = 0
+    for name, weight in export_hf_weights(loaded.model, loaded.config, loaded.model_args):
+        if name not in amax:
+            continue
+        module = name[: -len(".weight")]
+        with safe_open(str(Path(export_dir) / index["weight_map"][name]), "pt") as f:
+            exported = NVFP4Tensor(*(f.get_tensor(module + s) for s in
+                                     (".weight", ".weight_scale", ".weight_scale_2")))  # fmt: skip
+        fake = nvfp4_fake_quantize(weight.float(), amax[name].weight)
+        same += torch.equal(fake, dequantize_nvfp4(exported))
+    return logits, same, len(amax)
+
+
+def quantize_nvfp4_experts(hf_dir: Path, work: Path) -> bool:
+    from safetensors.torch import save_file
+
+    from megatron.minimax.models.minimax_m2.hf_reference import hf_logits, load_hf_reference_model
+    from megatron.minimax.models.minimax_m2.parity import next_token_loss
+    from megatron.minimax.testing.distributed import run_in_processes
+
+    trained_dir, export_dir = work / "trained_gpt", work / "hf_export_nvfp4"
+    calibration = torch.randint(0, 1001, (8, 32), generator=torch.Generator().manual_seed(3))
+    tokens_file = work / "calibration_tokens.safetensors"
+    save_file({"tokens": calibration}, str(tokens_file))
+    _run_tool("tools/quantize_minimax_m2.py", "--load-dir", str(trained_dir), "--hf-reference-dir",
+              str(hf_dir), "--calib-tokens-file", str(tokens_file), "--save-dir", str(export_dir),
+              "--overwrite", "--no-progress")  # fmt: skip
+    quant = json.loads((export_dir / "hf_quant_config.json").read_text())["quantization"]
+    print(f"\n[6] quantized for serving (tools/quantize_minimax_m2.py, recipe nvfp4-experts, "
+          f"calibrated on {calibration.shape[0]}x{calibration.shape[1]} tokens): {export_dir}")
+    print(f"    {quant['quant_algo']} experts in groups of {quant['group_size']}, "
+          f"{len(quant['exclude_modules'])} modules kept BF16 (attention, router gate, embeddings, "
+          "lm_head); serve with vllm --quantization modelopt_fp4")
+    probe = torch.randint(0, 1001, (2, 32), generator=torch.Generator().manual_seed(2))
+    reference = hf_logits(load_hf_reference_model(work / "hf_export_gpt_bf16"), probe)
+    logits, same, total = run_in_processes(
+        _nvfp4_logits_worker, 1, hf_dir, str(trained_dir), calibration, probe, str(export_dir)
+    )[0]
+    identical = same == total
+    print(f"    dequantized export == fake-quantized expert weights of the forward: {same}/{total} "
+          f"tensors  {'PASS' if identical else 'FAIL'}")
+    loss = next_token_loss(logits, probe).item()
+    reference_loss = next_token_loss(reference, probe).item()
+    change = abs(loss - reference_loss)
+    bounded = change <= NVFP4_DEMO_LOSS_CHANGE
+    print(f"    NVFP4 experts (fake-quantised forward) vs BF16 export: max |dlogit| "
+          f"{(logits - reference).abs().max().item():.3f}, loss {loss:.4f} vs {reference_loss:.4f} "
+          f"(|dloss| {change:.4f} <= {NVFP4_DEMO_LOSS_CHANGE})  {'PASS' if bounded else 'FAIL'}")
+    return identical and bounded
 
 
 if __name__ == "__main__":

@@ -39,12 +39,12 @@ def free_bytes(path: Path) -> int:
     return stat.f_bavail * stat.f_frsize
 
 
-@contextmanager
-def atomic_output_dir(destination: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh hidden sibling directory; on success it replaces ``destination``.
+def prepare_output_dir(destination: Path, overwrite: bool = False) -> Path:
+    """Checks ``destination`` (see :func:`check_destination`) and creates its fresh hidden
+    sibling, removing one left over from an interrupted run; returns the sibling.
 
-    On any exception (``KeyboardInterrupt`` included) the partial directory is removed and the
-    destination is left untouched.
+    For writers that cannot hold :func:`atomic_output_dir` open (e.g. several processes writing
+    into one directory): finish with :func:`publish_output_dir`, or remove the sibling on failure.
     """
     destination = Path(destination)
     check_destination(destination, overwrite)
@@ -58,11 +58,12 @@ def atomic_output_dir(destination: Path, overwrite: bool = False) -> Iterator[Pa
         raise CheckpointError(
             f"{destination.parent}: cannot create the output directory there ({e.strerror})"
         ) from None
-    try:
-        yield work
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    return work
+
+
+def publish_output_dir(work: Path, destination: Path) -> None:
+    """Moves the complete ``work`` directory to ``destination`` (replacing what is there)."""
+    destination = Path(destination)
     old = destination.parent / f".{destination.name}.replaced"
     if destination.exists():
         if old.exists():
@@ -71,3 +72,19 @@ def atomic_output_dir(destination: Path, overwrite: bool = False) -> Iterator[Pa
     os.rename(work, destination)
     if old.exists():
         shutil.rmtree(old)
+
+
+@contextmanager
+def atomic_output_dir(destination: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh hidden sibling directory; on success it replaces ``destination``.
+
+    On any exception (``KeyboardInterrupt`` included) the partial directory is removed and the
+    destination is left untouched.
+    """
+    work = prepare_output_dir(destination, overwrite)
+    try:
+        yield work
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    publish_output_dir(work, destination)

@@ -43,6 +43,7 @@ from megatron.minimax.transformer.transformer_config import TransformerConfig
 logger = logging.getLogger(__name__)
 
 ARGUMENT_GROUP_TITLE = "minimax transformer configuration"
+MODELOPT_GROUP_TITLE = "modelopt quantization-aware training"
 
 
 def add_minimax_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -56,7 +57,34 @@ def add_minimax_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         inherited = [f.name for f in dataclasses.fields(MCoreTransformerConfig)]
         factory = ArgumentGroupFactory(TransformerConfig, exclude=inherited)
         factory.build_group(parser, title=ARGUMENT_GROUP_TITLE)
+    _add_modelopt_args(parser)
     _escape_stray_percent_signs(parser)
+    return parser
+
+
+def _add_modelopt_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--modelopt-recipe``: quantization-aware training (``quantization/qat.py``)."""
+    from megatron.minimax.quantization.recipes import RECIPES
+
+    group = parser.add_argument_group(title=MODELOPT_GROUP_TITLE)
+    group.add_argument(
+        "--modelopt-recipe",
+        choices=list(RECIPES),
+        default=None,
+        help="Train with this nvidia-modelopt quantization recipe's fake quantizers in the "
+        "forward (quantization-aware training): "
+        + "; ".join(f"{r.name}: {r.summary}" for r in RECIPES.values())
+        + ". Quantizers are restored from a --load checkpoint saved this way, else inserted "
+        "and calibrated on the first --modelopt-calib-samples training samples before the "
+        "first step; checkpoints keep their state for tools/quantize_minimax_m2.py.",
+    )
+    group.add_argument(
+        "--modelopt-calib-samples",
+        type=int,
+        default=128,
+        help="Training samples the quantizers are calibrated on when --modelopt-recipe starts "
+        "from a model without them (default 128).",
+    )
     return parser
 
 

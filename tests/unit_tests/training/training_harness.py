@@ -80,6 +80,18 @@ def setup_training(argv: List[str], world_size: int, model_class: str = "gpt"):
 
     Returns ``(args, model, optimizer, opt_param_scheduler)``.
     """
+    args, model, optimizer, opt_param_scheduler, _ = setup_training_with_datasets(
+        argv, world_size, model_class
+    )
+    return args, model, optimizer, opt_param_scheduler
+
+
+def setup_training_with_datasets(argv: List[str], world_size: int, model_class: str = "gpt"):
+    """:func:`setup_training`, wired as ``pretrain_gpt.py`` wires it (``--modelopt-recipe``
+    included), loading ``--load`` as ``pretrain()`` does.
+
+    Returns ``(args, model, optimizer, opt_param_scheduler, datasets_provider)``.
+    """
     from megatron.core import parallel_state, tensor_parallel
     from megatron.core.enums import ModelType
     from megatron.core.process_groups_config import ProcessGroupCollection
@@ -88,11 +100,13 @@ def setup_training(argv: List[str], world_size: int, model_class: str = "gpt"):
     from megatron.training.global_vars import set_global_variables
     from megatron.training.training import setup_model_and_optimizer
 
+    from megatron.minimax.quantization.qat import configure
     from megatron.minimax.training.arguments import (
         gpt_model_config_from_args,
         hybrid_model_config_from_args,
         parse_training_args,
     )
+    from megatron.minimax.training.gpt_step import train_valid_test_datasets_provider
     from megatron.minimax.training.optimizer import use_fp32_param_safe_float16_optimizer
 
     args = parse_training_args(argv, world_size=world_size)
@@ -107,27 +121,29 @@ def setup_training(argv: List[str], world_size: int, model_class: str = "gpt"):
     tensor_parallel.model_parallel_cuda_manual_seed(args.seed)
 
     use_fp32_param_safe_float16_optimizer()
-    model_config_from_args = (
-        hybrid_model_config_from_args if model_class == "hybrid" else gpt_model_config_from_args
-    )
-    cfg = pretrain_cfg_container_from_args(args, model_config_from_args(args))
+    if model_class == "hybrid":
+        model_config = hybrid_model_config_from_args(args)
+    else:
+        model_config = gpt_model_config_from_args(args)
+    datasets_provider = configure(args, model_config, train_valid_test_datasets_provider)
+    cfg = pretrain_cfg_container_from_args(args, model_config)
     model, optimizer, opt_param_scheduler = setup_model_and_optimizer(
         ModelType.encoder_or_decoder,
         cfg_container=cfg,
         pg_collection=ProcessGroupCollection.use_mpu_process_groups(),
     )
-    return args, model, optimizer, opt_param_scheduler
+    return args, model, optimizer, opt_param_scheduler, datasets_provider
 
 
-def train_iterator(args):
-    """The training micro-batch iterator ``pretrain()`` would build (None off TP rank 0)."""
+def train_iterator(args, datasets_provider=None):
+    """The training micro-batch iterator ``pretrain()`` would build (None off TP rank 0), from
+    ``datasets_provider`` (default: ``pretrain_gpt.py``'s without ``--modelopt-recipe``)."""
     from megatron.training.datasets.data_samplers import build_pretraining_data_loader
 
     from megatron.minimax.training.gpt_step import train_valid_test_datasets_provider
 
-    train_ds, _, _ = train_valid_test_datasets_provider(
-        [args.train_iters * args.global_batch_size, 0, 0]
-    )
+    provider = datasets_provider or train_valid_test_datasets_provider
+    train_ds, _, _ = provider([args.train_iters * args.global_batch_size, 0, 0])
     loader = build_pretraining_data_loader(train_ds, 0)
     return iter(loader) if loader is not None else None
 

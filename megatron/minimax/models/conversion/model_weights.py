@@ -37,6 +37,9 @@ _HYBRID_MTP_INNER_LAYER = re.compile(r"(mtp\.layers\.\d+\.mtp_model_layer\.)laye
 _HYBRID_FINAL_NORM = {"decoder.final_norm.weight": "decoder.final_layernorm.weight"}
 _SEQUENTIAL_EXPERT = re.compile(r"mlp\.experts\.local_experts\.(\d+)\.(.*)\Z")
 _GROUPED_EXPERT = re.compile(r"mlp\.experts\.(linear_fc[12])\.weight(\d+)\Z")
+# Quantizer state (amax, scales) that nvidia-modelopt adds to a quantized model: it describes how
+# weights are quantised, is not itself a weight, and has no HF name.
+_QUANTIZER_STATE = re.compile(r"(\A|\.)\w*_quantizer\.")
 # Transformer Engine fuses the pre-attention / pre-MLP norm into the next linear layer.
 _TE_FUSED_NORMS = {
     "self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
@@ -106,7 +109,8 @@ def model_tensors(
     tp_group: Optional[torch.distributed.ProcessGroup] = None,
     expt_tp_group: Optional[torch.distributed.ProcessGroup] = None,
 ) -> List[ModelTensor]:
-    """All parameters and persistent buffers of a model chunk, with canonical names.
+    """All parameters and persistent buffers of a model chunk, with canonical names (quantizer
+    state of a modelopt-quantized model excluded).
 
     Args:
         model: a GPTModel or HybridModel chunk, possibly wrapped.
@@ -123,6 +127,8 @@ def model_tensors(
     out = []
     for local_name, tensor in core_model.state_dict(keep_vars=True).items():
         if local_name.endswith("_extra_state") or tensor is None:
+            continue
+        if _QUANTIZER_STATE.search(local_name):
             continue
         canonical, expert_local, num_local = local_name, None, None
         canonical = _HYBRID_FINAL_NORM.get(canonical, canonical)
