@@ -177,7 +177,7 @@ def main(argv=None) -> int:
     from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError, HFCheckpoint
     from megatron.minimax.checkpoint.mcore_to_hf import parse_size
     from megatron.minimax.launch import (
-        init_distributed,
+        distributed_process_group,
         parity_layout_from_args,
         quiet_optional_dependency_notices,
     )
@@ -191,7 +191,6 @@ def main(argv=None) -> int:
         check_calibration_tokens,
         check_quantizable_hf,
         checkpoint_directory,
-        quantize_to_hf,
     )
     from megatron.minimax.quantization.recipes import get_recipe
 
@@ -226,7 +225,23 @@ def main(argv=None) -> int:
     except (CheckpointError, ValueError, OSError) as e:
         fail(str(e).splitlines()[0])
 
-    init_distributed()
+    with distributed_process_group():
+        return _quantize(
+            args, recipe, layout, hf_config, checkpoint, tokens, trained, reference_dir,
+            max_shard_bytes,
+        )  # fmt: skip
+
+
+def _quantize(
+    args, recipe, layout, hf_config, checkpoint, tokens, trained, reference_dir, max_shard_bytes
+) -> int:
+    """The collective part of :func:`main`, inside the tool's process group."""
+    import torch
+    import torch.distributed as dist
+
+    from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError
+    from megatron.minimax.quantization.ptq import quantize_to_hf
+
     try:
         layout.validate(dist.get_world_size(), hf_config, backend=dist.get_backend())
     except ValueError as e:
@@ -265,7 +280,6 @@ def main(argv=None) -> int:
             f"processes\n{result.summary()}\nwrote {args.save_dir}",
             flush=True,
         )
-    dist.destroy_process_group()
     return 0
 
 
