@@ -119,11 +119,6 @@ def main(argv=None) -> int:
             f"--micro-batch-size {args.micro_batch_size} does not divide the batch {tokens.shape[0]}"
         )
     layout = parity_layout_from_args(args)
-    if layout.sp and tokens.shape[1] % layout.tp:
-        fail(
-            f"sequence parallelism needs the sequence length ({tokens.shape[1]}) divisible by "
-            f"--tp ({layout.tp}); pass --no-sequence-parallel or other tokens"
-        )
 
     with distributed_process_group():
         return _score(args, checkpoint, layout, tokens, scored)

@@ -122,15 +122,9 @@ def read_tokens_file(
     return tokens, mask
 
 
-def add_layout_arguments(
-    parser: argparse.ArgumentParser, uneven_pipeline: bool = True
-) -> argparse._ArgumentGroup:
-    """The ``layout`` argument group of the tools that take a parallel layout; returned so that a
-    tool can add its own layout flags to it.
-
-    Args:
-        uneven_pipeline: also ``--first-stage-layers``/``--last-stage-layers``.
-    """
+def add_layout_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The ``layout`` argument group of the tools that take a parallel layout (uneven pipeline
+    stages included); returned so that a tool can add its own layout flags to it."""
     group = parser.add_argument_group(title="layout")
     group.add_argument("--tp", type=int, default=1, help="Tensor-parallel size.")
     group.add_argument("--pp", type=int, default=1, help="Pipeline-parallel size.")
@@ -138,8 +132,6 @@ def add_layout_arguments(
     group.add_argument(
         "--etp", type=int, default=None, help="Expert tensor-parallel size (default: --tp)."
     )
-    if not uneven_pipeline:
-        return group
     group.add_argument(
         "--first-stage-layers",
         type=int,
@@ -158,12 +150,14 @@ def add_layout_arguments(
 
 def add_parity_layout_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """The layout flags of the parity tools (:class:`~megatron.minimax.models.minimax_m2.parity.
-    ParallelLayout`: even pipelines, sequence parallelism on by default with TP)."""
-    group = add_layout_arguments(parser, uneven_pipeline=False)
+    ParallelLayout`: sequence parallelism on by default with TP, at any sequence length)."""
+    group = add_layout_arguments(parser)
     group.add_argument(
         "--no-sequence-parallel",
         action="store_true",
-        help="Turn sequence parallelism off (it is on by default whenever --tp > 1).",
+        help="Turn sequence parallelism off (it is on by default whenever --tp > 1; sequences "
+        "of any length are padded internally to a multiple of --tp, and the padding is dropped "
+        "from every result).",
     )
     return group
 
@@ -179,6 +173,8 @@ def parity_layout_from_args(args: argparse.Namespace):
         ep=args.ep,
         etp=args.etp,
         sequence_parallel=False if args.no_sequence_parallel else None,
+        first_stage_layers=args.first_stage_layers,
+        last_stage_layers=args.last_stage_layers,
     )
 
 
