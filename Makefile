@@ -2,12 +2,13 @@
 #   make demo   build a tiny MiniMax-M2 checkpoint and show Megatron-vs-HF parity
 #   make test   the whole test suite
 #   make bench-convert   HF -> Megatron converter memory and throughput (docs/benchmarks.md)
+#   make bench-reference   peak memory of the layer-by-layer HF reference (docs/benchmarks.md)
 # Each creates or reuses .venv (Python 3.12) and installs the project into it.
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: venv demo test bench-convert clean
+.PHONY: venv demo test bench-convert bench-reference clean
 
 venv:
 	@tools/bootstrap_venv.sh $(VENV)
@@ -20,6 +21,9 @@ test: venv
 
 bench-convert: venv
 	$(PY) tools/bench/bench_convert.py
+
+bench-reference: venv
+	$(PY) tools/bench/bench_reference.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

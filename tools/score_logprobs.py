@@ -81,7 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--compare-hf",
         action="store_true",
         help="Also compute transformers' fp32 log-probabilities on rank 0 (on exactly the weights "
-        "Megatron holds) and report max |diff|, mean |diff| and the k3 KL estimate.",
+        "Megatron holds, one decoder layer in host memory at a time) and report max |diff|, "
+        "mean |diff| and the k3 KL estimate.",
     )
     group.add_argument(
         "--tolerance",
@@ -153,10 +154,12 @@ def _score(args, checkpoint, layout, tokens, scored) -> int:
         ]
         outputs = {"logprobs": scores.contiguous(), "scored": scored.contiguous()}
         if args.compare_hf:
-            from megatron.minimax.models.minimax_m2.hf_reference import load_hf_reference_model
+            from megatron.minimax.models.minimax_m2.hf_reference import streamed_hf_logits
 
-            reference_model = load_hf_reference_model(args.hf_dir, round_to=rounding)
-            reference = logprobs.hf_log_probs(reference_model, tokens).masked_fill(~scored, 0.0)
+            # Layer by layer: host memory for one decoder layer, whatever the depth.
+            reference_logits = streamed_hf_logits(args.hf_dir, tokens, round_to=rounding)
+            reference = logprobs.log_probs_from_logits(reference_logits, tokens)
+            reference = reference.masked_fill(~scored, 0.0)
             result = logprobs.compare_log_probs(scores, reference, scored)
             ok = result.ok(args.tolerance)
             lines += [

@@ -6,7 +6,10 @@ Builds the Megatron model at the requested parallel layout, fills it either with
 (resharded at load), runs the same token ids through Megatron and (on rank 0) through
 transformers, and prints the max abs / rel logit difference and the next-token loss difference.
 The HF reference uses exactly the weights Megatron holds: rounded to bf16 when the torch_dist
-checkpoint stores bf16. Exit status: 0 within tolerance, 1 above it, 2 on bad input.
+checkpoint stores bf16. It runs one decoder layer at a time, reading each layer's weights just
+before it runs, so rank 0's host memory holds one layer in fp32 (about 15 GB for the released
+model) plus the embedding or lm_head, whatever the depth. Exit status: 0 within tolerance, 1
+above it, 2 on bad input.
 
 Launch it like any Megatron tool (gloo on CPU, nccl on GPU):
 
@@ -124,11 +127,10 @@ def _verify(args, checkpoint, layout) -> int:
 
     status = 0
     if rank == 0:
-        from megatron.minimax.models.minimax_m2.hf_reference import hf_logits, load_hf_reference_model
+        from megatron.minimax.models.minimax_m2.hf_reference import streamed_hf_logits
 
-        reference = hf_logits(
-            load_hf_reference_model(args.hf_dir, round_to=rounding), tokens
-        )
+        # Layer by layer: host memory for one decoder layer, whatever the depth.
+        reference = streamed_hf_logits(args.hf_dir, tokens, round_to=rounding)
         result = parity.compare_logits(logits, reference, tokens)
         ok = result.ok(args.logits_atol, args.loss_atol)
         source = args.load_dir if args.load_dir else args.hf_dir
