@@ -2,7 +2,8 @@
 """Pretrain or fine-tune GPT models, MiniMax-M2 included, with megatron-training.
 
 Takes every stock Megatron flag, plus this package's ``TransformerConfig`` fields
-(``--qk-layernorm-scope``). For MiniMax-M2 the architecture flags come from
+(``--qk-layernorm-scope``) and ``--load-hf-dir`` (start from a released HF checkpoint, FP8 or
+BF16, without converting it first). For MiniMax-M2 the architecture flags come from
 ``tools/minimax_m2_args.py --hf-config config.json``.
 """
 
@@ -22,6 +23,7 @@ from megatron.minimax.training import (
     use_fp32_param_safe_float16_optimizer,
 )
 from megatron.minimax.training.gpt_step import forward_step, train_valid_test_datasets_provider
+from megatron.minimax.training.hf_initialization import hf_initialization
 
 if __name__ == "__main__":
     set_startup_timestamps(program_start=_PROGRAM_START, main_entry=time.time())
@@ -34,6 +36,8 @@ if __name__ == "__main__":
     # An fp32 router in a bf16 model: checkpoint the non-distributed optimizer correctly.
     use_fp32_param_safe_float16_optimizer()
     model_config = gpt_model_config_from_args(args)
+    # --load-hf-dir: fill the freshly built model from the HF checkpoint (unless --load resumes).
+    hf_initialization(args, model_config)
 
     pretrain(
         pretrain_cfg_container_from_args(args, model_config),

@@ -137,8 +137,13 @@ def _score(args, checkpoint, layout, tokens, scored) -> int:
         fail(f"impossible layout {layout} on {world_size} processes: {e}")
 
     try:
+        # Each rank reads only its tensors, and of tensor-parallel ones only its part.
         loaded, rounding = parity.build_for_comparison(
-            hf_config, lambda name: checkpoint.get(name, torch.float32), layout, args.load_dir
+            hf_config,
+            lambda name: checkpoint.get(name, torch.float32),
+            layout,
+            args.load_dir,
+            read_hf_slice=checkpoint.get_slice,
         )
     except (CheckpointError, ValueError) as e:
         fail(str(e))

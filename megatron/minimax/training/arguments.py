@@ -33,6 +33,7 @@ from megatron.training.argument_utils import (
 )
 from megatron.training.arguments import add_megatron_arguments, validate_args
 
+from megatron.minimax.training.hf_initialization import add_hf_initialization_args
 from megatron.minimax.training.model_builder import HAVE_TE, GPTModelConfig
 from megatron.minimax.transformer.transformer_config import TransformerConfig
 
@@ -42,7 +43,8 @@ ARGUMENT_GROUP_TITLE = "minimax transformer configuration"
 
 
 def add_minimax_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """``extra_args_provider``: one flag per field that our ``TransformerConfig`` adds.
+    """``extra_args_provider``: one flag per field that our ``TransformerConfig`` adds, and
+    ``--load-hf-dir`` (:mod:`~megatron.minimax.training.hf_initialization`).
 
     Flags, types, choices and help text come from the dataclass (``Literal`` -> ``choices``,
     attribute docstring -> help), exactly as megatron-training builds its own transformer flags;
@@ -51,6 +53,7 @@ def add_minimax_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     inherited = [f.name for f in dataclasses.fields(MCoreTransformerConfig)]
     factory = ArgumentGroupFactory(TransformerConfig, exclude=inherited)
     factory.build_group(parser, title=ARGUMENT_GROUP_TITLE)
+    add_hf_initialization_args(parser)
     _escape_stray_percent_signs(parser)
     return parser
 

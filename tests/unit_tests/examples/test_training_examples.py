@@ -79,6 +79,13 @@ class TestFullModelScripts:
             200054, args.make_vocab_size_divisible_by, args.tensor_model_parallel_size, False
         ) == 200064
 
+    def test_without_load_dir_starts_from_the_release_and_resumes_from_save_dir(self, hf_dir):
+        env = _cluster_env(hf_dir)
+        del env["LOAD_DIR"]
+        args = parse_training_args(_dry_run("pretrain_minimax_m2.sh", env), world_size=128)
+        assert args.load_hf_dir == str(hf_dir)
+        assert args.load == args.save == "ckpt/run"
+
     def test_sft_uses_chat_data_and_freezes_the_expert_bias(self, hf_dir):
         env = _cluster_env(hf_dir, DATA_PATH="data/sft_chat_document")
         args = parse_training_args(_dry_run("sft_minimax_m2.sh", env), world_size=128)

@@ -73,10 +73,12 @@ CPU_RUN_ARGS = [
 """Data, optimizer and CPU runtime flags: mock data, no fused kernels, CPU initialisation."""
 
 
-def setup_training(argv: List[str], world_size: int):
-    """Parse ``argv`` and build model, optimizer and scheduler as ``pretrain()`` does.
+def setup_training(argv: List[str], world_size: int, return_hf_initialization: bool = False):
+    """Parse ``argv`` and build model, optimizer and scheduler as ``pretrain()`` does (and load
+    ``--load``, fill from ``--load-hf-dir``, as ``pretrain_gpt.py`` does).
 
-    Returns ``(args, model, optimizer, opt_param_scheduler)``.
+    Returns ``(args, model, optimizer, opt_param_scheduler)``, and the ``--load-hf-dir`` hook
+    (None when not used) with ``return_hf_initialization``.
     """
     from megatron.core import parallel_state, tensor_parallel
     from megatron.core.enums import ModelType
@@ -87,6 +89,7 @@ def setup_training(argv: List[str], world_size: int):
     from megatron.training.training import setup_model_and_optimizer
 
     from megatron.minimax.training.arguments import gpt_model_config_from_args, parse_training_args
+    from megatron.minimax.training.hf_initialization import hf_initialization
     from megatron.minimax.training.optimizer import use_fp32_param_safe_float16_optimizer
 
     args = parse_training_args(argv, world_size=world_size)
@@ -101,12 +104,16 @@ def setup_training(argv: List[str], world_size: int):
     tensor_parallel.model_parallel_cuda_manual_seed(args.seed)
 
     use_fp32_param_safe_float16_optimizer()
-    cfg = pretrain_cfg_container_from_args(args, gpt_model_config_from_args(args))
+    model_config = gpt_model_config_from_args(args)
+    hf_hook = hf_initialization(args, model_config)
+    cfg = pretrain_cfg_container_from_args(args, model_config)
     model, optimizer, opt_param_scheduler = setup_model_and_optimizer(
         ModelType.encoder_or_decoder,
         cfg_container=cfg,
         pg_collection=ProcessGroupCollection.use_mpu_process_groups(),
     )
+    if return_hf_initialization:
+        return args, model, optimizer, opt_param_scheduler, hf_hook
     return args, model, optimizer, opt_param_scheduler
 
 

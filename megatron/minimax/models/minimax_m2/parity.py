@@ -160,6 +160,7 @@ def build_from_hf(
     *,
     params_dtype: torch.dtype = torch.float32,
     use_transformer_engine: bool = False,
+    read_hf_slice: Optional[Callable[[str, int, int, int], torch.Tensor]] = None,
     **config_overrides,
 ) -> LoadedModel:
     """Build this rank's MiniMax-M2 chunk at ``layout`` (already initialised) and load weights.
@@ -170,6 +171,8 @@ def build_from_hf(
         layout: the current parallel layout.
         params_dtype: model dtype (the router gate and bias stay fp32 regardless).
         use_transformer_engine: TE spec (GPU only) instead of the local spec.
+        read_hf_slice: ``read_hf_slice(name, dim, start, stop)``, part of an HF tensor; when
+            given, tensor-parallel pieces are read as parts (see ``load_hf_weights``).
         config_overrides: other ``TransformerConfig`` fields.
     """
     overrides = dict(
@@ -188,7 +191,9 @@ def build_from_hf(
     padded = padded_vocab_size(model_args.vocab_size, layout.tp)
     ctx = mapping_context(config, model_args, padded)
     if read_hf_tensor is not None:
-        load_hf_weights(model, read_hf_tensor, ctx, MINIMAX_M2_WEIGHTS)
+        load_hf_weights(
+            model, read_hf_tensor, ctx, MINIMAX_M2_WEIGHTS, read_hf_slice=read_hf_slice
+        )
     return LoadedModel(model, config, model_args, ctx, layout)
 
 
@@ -260,6 +265,7 @@ def build_for_comparison(
     read_hf_tensor: Callable[[str], torch.Tensor],
     layout: ParallelLayout,
     load_dir=None,
+    read_hf_slice: Optional[Callable[[str, int, int, int], torch.Tensor]] = None,
 ) -> Tuple[LoadedModel, Optional[torch.dtype]]:
     """What the parity tools compare against an fp32 HF reference: the model at ``layout``
     (initialised here) built by :func:`build_from_dist_checkpoint` when ``load_dir`` is given,
@@ -271,7 +277,7 @@ def build_for_comparison(
     """
     if load_dir is None:
         initialize_layout(layout)
-        return build_from_hf(hf_config, read_hf_tensor, layout), None
+        return build_from_hf(hf_config, read_hf_tensor, layout, read_hf_slice=read_hf_slice), None
     rounding = reference_rounding(load_dir)
     initialize_layout(layout)
     return build_from_dist_checkpoint(hf_config, load_dir, layout), rounding
