@@ -35,6 +35,7 @@ from megatron.minimax.launch import (
     add_parity_layout_arguments,
     distributed_process_group,
     parity_layout_from_args,
+    quiet_library_notices,
     read_tokens_file,
 )
 
@@ -99,6 +100,7 @@ def fail(message: str) -> NoReturn:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    quiet_library_notices()
     from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError, HFCheckpoint
     from megatron.minimax.models.minimax_m2 import logprobs
 

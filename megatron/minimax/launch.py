@@ -1,6 +1,6 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
 """What the command-line tools share: process-group setup, the tokens-file format, layout flags,
-one-line errors, and keeping import-time notices off their output.
+one-line errors, and keeping library notices nobody can act on off their output.
 
 Nothing heavy is imported at module level, so tools can answer ``--help`` and reject bad input
 before megatron-core loads.
@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 import warnings
 from typing import Callable, Iterator, NoReturn, Optional, Sequence, Tuple, TypeVar
@@ -193,11 +194,61 @@ def layout_from_args(args: argparse.Namespace):
     )
 
 
-def quiet_optional_dependency_notices() -> None:
-    """megatron-core warns on import about every optional package it lacks (TE, Apex, ...), and
-    torch about a missing CUDA runtime; none of that concerns a tool's output."""
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+_UNACTIONABLE_WARNINGS = (
+    # megatron-core, on import: optional packages a tool does not use.
+    "Transformer Engine and Apex are not installed",
+    "Apex is not installed",
+    "absl.logging is not installed",
+    "Only transformer-engine>=",
+    "The following imports from `dynamic_context.py`",
+    "MimoModelConfig is experimental",
+    # megatron-core's own defaults and a launch without torchrun (a one-process group).
+    "full scope is deprecated",
+    "Could not determine rank from torch.distributed",
+    # megatron-core's layers: an expert-TP size of 1 under sequence parallelism, and a GPU
+    # launch setting (a check's speed does not depend on it).
+    "`sequence_parallel` is set to `True`, but tensor model parallel size is 1",
+    "When using sequence parallelism it is recommended to set the environment variable",
+    # torch APIs that megatron-core's collectives and checkpointing call.
+    "`torch.distributed.reduce_scatter_tensor` is deprecated",
+    "`torch.distributed.all_gather_into_tensor` is deprecated",
+    "The argument order of load has been changed",
+    "Please use DTensor instead and we are deprecating ShardedTensor",
+    "torch.distributed is disabled, unavailable or uninitialized",
+)
+"""Starts of the warning messages that :func:`quiet_library_notices` drops."""
+
+_UNACTIONABLE_LOG_RECORDS = {
+    # torch: no GPU on this machine.
+    "torch.utils.cpp_extension": ("No CUDA runtime",),
+    # MiniMax-M2 is a GPTModel: megatron-core's HybridModel specs are Transformer-Engine only.
+    "megatron.core.models.gpt.gpt_model": ("GPTModel IS DEPRECATED",),
+    # megatron-core's default save strategy.
+    "megatron.core.dist_checkpointing.strategies.torch": ("MCore's async save is deprecated",),
+}
+"""Logger name -> starts of the messages that :func:`quiet_library_notices` drops."""
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *starts: str):
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.starts)
+
+
+def quiet_library_notices() -> None:
+    """Drop the notices of torch and megatron-core that no user of a tool can act on, for the
+    rest of the process (call it first thing in a tool's ``main``; forked workers inherit it):
+    megatron-core's import-time warnings about optional packages (TE, Apex, absl), its
+    ``GPTModel`` deprecation notice, torch's note that there is no CUDA runtime (``CUDA_HOME``),
+    and deprecations of torch APIs inside megatron-core (:data:`_UNACTIONABLE_WARNINGS`,
+    :data:`_UNACTIONABLE_LOG_RECORDS`). Every other warning, ours included, is still shown."""
+    for start in _UNACTIONABLE_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(start))
+    for name, starts in _UNACTIONABLE_LOG_RECORDS.items():
+        logging.getLogger(name).addFilter(_DropMessages(*starts))
 
 
 def send_library_logging_to_stderr() -> None:
@@ -226,7 +277,7 @@ def compute_from_hf_config(
     ``args.mtp_num_layers``): ``compute(hf_config)`` with megatron's import notices silenced
     and its prints and log records on stderr (stdout is the tool's result). A bad path, config
     or layout (``ValueError``/``OSError``) exits through :func:`fail` with its first line."""
-    quiet_optional_dependency_notices()
+    quiet_library_notices()
     if args.mtp_num_layers is not None and args.mtp_num_layers < 1:
         fail(prog, f"--mtp-num-layers must be >= 1, got {args.mtp_num_layers}")
 

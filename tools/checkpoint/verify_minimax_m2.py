@@ -29,6 +29,7 @@ from megatron.minimax.launch import (
     add_parity_layout_arguments,
     distributed_process_group,
     parity_layout_from_args,
+    quiet_library_notices,
     read_tokens_file,
 )
 
@@ -93,6 +94,7 @@ def load_tokens(args, vocab_size: int) -> torch.Tensor:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    quiet_library_notices()
     from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError, HFCheckpoint
 
     try:

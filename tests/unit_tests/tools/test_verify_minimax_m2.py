@@ -94,6 +94,8 @@ class TestVerifyTool:
         proc = _run(["--hf-dir", str(tiny_bf16_checkpoint), "--logits-atol", "1e-12"])
         assert proc.returncode == 1, proc.stdout + proc.stderr
         assert "FAIL" in proc.stdout
+        # No notice of torch, megatron-core or transformers that a user cannot act on.
+        assert proc.stderr == ""
 
     @pytest.mark.parametrize(
         "args, message",

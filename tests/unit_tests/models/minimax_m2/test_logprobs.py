@@ -241,6 +241,7 @@ class TestScoreLogProbsTool:
         )  # fmt: skip
         assert proc.returncode == 1, proc.stdout + proc.stderr
         assert "FAIL" in proc.stdout
+        assert proc.stderr == ""  # no notice of torch or megatron-core a user cannot act on
         max_diff = float(re.search(r"max \|logprob diff\|\s+(\S+)", proc.stdout).group(1))
         assert max_diff <= LOGPROBS_ATOL
 
