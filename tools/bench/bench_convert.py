@@ -34,13 +34,14 @@ import argparse
 import json
 import mmap
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from megatron.minimax.testing.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOL = ROOT / "tools" / "checkpoint" / "convert_minimax_m2.py"
@@ -238,11 +239,6 @@ def measure(work: Path, label: str, spec: dict, workers: int, evict: bool, repea
     return result
 
 
-def _machine() -> str:
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
-    return f"{platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.platform()}"
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_generate"]:
@@ -277,9 +273,9 @@ def main(argv=None) -> int:
     else:
         args.work_dir.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="bench_convert_", dir=args.work_dir))
-    print(f"machine: {_machine()}\nwork dir: {work} ({shutil.disk_usage(work).free / GIB:.0f} GiB "
-          f"free)\npage cache: {'evicted before each run' if args.evict_cache else 'warm'}",
-          flush=True)  # fmt: skip
+    free = shutil.disk_usage(work).free / GIB
+    print(f"machine: {describe_machine()}\nwork dir: {work} ({free:.0f} GiB free)\npage cache: "
+          f"{'evicted before each run' if args.evict_cache else 'warm'}", flush=True)  # fmt: skip
     results = {}
     try:
         for label, spec in CHECKPOINTS.items():
@@ -309,7 +305,8 @@ def main(argv=None) -> int:
           f"{THROUGHPUT_BAR:.0%}) {'PASS' if throughput_ok else 'FAIL'}")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(
-            {"machine": _machine(), "workers": args.workers, "evict_cache": args.evict_cache,
+            {"machine": describe_machine(), "workers": args.workers,
+             "evict_cache": args.evict_cache,
              "repeat": args.repeat, "results": results, "rss_ratio": rss_ratio,
              "throughput_ratio": throughput, "incremental_ratio": convert_rate / plain_rate,
              "pass": rss_ok and throughput_ok}, indent=2) + "\n")  # fmt: skip

@@ -21,13 +21,14 @@ directory in the system's temporary directory by default) and removed at the end
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from megatron.minimax.testing.machine import describe_machine
 
 ROOT = Path(__file__).resolve().parents[2]
 GIB = 1024**3
@@ -101,11 +102,6 @@ def layer_fp32_bytes(experts: int) -> int:
     return 4 * (attention + moe)
 
 
-def _machine() -> str:
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
-    return f"{platform.machine()}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, {platform.platform()}"
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_generate"]:
@@ -139,7 +135,7 @@ def main(argv=None) -> int:
         parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="bench_reference_", dir=parent))
     layer_bytes = layer_fp32_bytes(args.experts)
-    print(f"machine: {_machine()}\nwork dir: {work}\none decoder layer in fp32: "
+    print(f"machine: {describe_machine()}\nwork dir: {work}\none decoder layer in fp32: "
           f"{layer_bytes / MIB:.0f} MiB ({args.experts} experts)", flush=True)  # fmt: skip
     results = {}
     try:
@@ -171,7 +167,7 @@ def main(argv=None) -> int:
           f"(bar: <= {RSS_RATIO_BAR}) {'PASS' if ok else 'FAIL'}")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(
-            {"machine": _machine(), "experts": args.experts, "seq_length": args.seq_length,
+            {"machine": describe_machine(), "experts": args.experts, "seq_length": args.seq_length,
              "layer_fp32_bytes": layer_bytes, "results": results, "rss_ratio": ratio,
              "pass": ok}, indent=2) + "\n")  # fmt: skip
     return 0 if ok else 1

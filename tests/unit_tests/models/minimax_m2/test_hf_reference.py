@@ -55,7 +55,27 @@ class TestStreamedLogits:
             # The rounding is really applied (a reference on unrounded weights differs).
             assert not torch.equal(got, streamed_hf_logits(hf_dir, tokens))
 
-    def test_unused_tensor_is_an_error(self, tmp_path):
+
+def _whole_model(hf_dir):
+    return hf_logits(load_hf_reference_model(hf_dir), _tokens(1001))
+
+
+def _streamed(hf_dir):
+    return streamed_hf_logits(hf_dir, _tokens(1001))
+
+
+@pytest.mark.parametrize("reference", [_whole_model, _streamed], ids=["whole", "streamed"])
+class TestCheckpointMismatch:
+    def test_missing_expert_is_an_error(self, tmp_path, reference):
+        d = build_tiny_checkpoint(tmp_path / "d")
+        index = json.loads((d / INDEX).read_text())
+        del index["weight_map"]["model.layers.2.block_sparse_moe.experts.5.w3.weight"]
+        (d / INDEX).write_text(json.dumps(index))
+        with pytest.raises(RuntimeError, match=r"layer 2 w3: experts \[5\] missing, \[\] unex"):
+            reference(d)
+
+    def test_unused_tensor_is_an_error(self, tmp_path, reference):
+        # An MTP-like tensor the model has no slot for (the release never ships one).
         d = build_tiny_checkpoint(tmp_path / "d")
         index = json.loads((d / INDEX).read_text())
         shard = d / index["weight_map"]["lm_head.weight"]
@@ -65,15 +85,20 @@ class TestStreamedLogits:
         index["weight_map"]["model.layers.4.eh_proj.weight"] = shard.name
         (d / INDEX).write_text(json.dumps(index))
         with pytest.raises(RuntimeError, match=r"unused \['model.layers.4.eh_proj.weight'\]"):
-            streamed_hf_logits(d, _tokens(1001))
+            reference(d)
 
-    def test_missing_tensor_is_an_error(self, tmp_path):
+    def test_missing_tensor_is_an_error(self, tmp_path, reference):
         d = build_tiny_checkpoint(tmp_path / "d")
         index = json.loads((d / INDEX).read_text())
         del index["weight_map"]["model.layers.1.self_attn.k_norm.weight"]
         (d / INDEX).write_text(json.dumps(index))
-        with pytest.raises(RuntimeError, match=r"layer 1 does not match.*self_attn\.k_norm"):
-            streamed_hf_logits(d, _tokens(1001))
+        # The whole model names the state-dict key, the streamed reference the layer and key.
+        expected = {
+            "_whole_model": r"missing \['model\.layers\.1\.self_attn\.k_norm",
+            "_streamed": r"layer 1 does not match .*Missing key.*\"self_attn\.k_norm\.weight\"",
+        }[reference.__name__]
+        with pytest.raises(RuntimeError, match=expected):
+            reference(d)
 
 
 def _peak_rss(hf_dir: Path) -> dict:

@@ -161,16 +161,20 @@ class TestGradientParity:
         assert max(errors.values()) > 100 * GRAD_RTOL
 
 
+HF_SIZES = dict(
+    num_attention_heads=8,
+    num_key_value_heads=4,
+    num_local_experts=8,
+    intermediate_size=64,
+    num_hidden_layers=4,
+)
+"""The config.json entries ParallelLayout.validate reads."""
+
+
 def test_gloo_refuses_expert_tp_with_ep_and_sequence_parallel():
+    hf = HF_SIZES
     # That combination all-gathers uneven token counts over the expert-TP group; gloo's
     # all_gather needs equal sizes, so it is refused up front instead of failing mid-forward.
-    hf = dict(
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        num_local_experts=8,
-        intermediate_size=64,
-        num_hidden_layers=4,
-    )
     layout = ParallelLayout(tp=2, ep=2)
     layout.validate(4, hf)
     layout.validate(4, hf, backend="nccl")
@@ -190,13 +194,7 @@ def test_gloo_refuses_expert_tp_with_ep_and_sequence_parallel():
     ],
 )
 def test_impossible_pipeline_splits_are_refused(layout, message):
-    hf = dict(
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        num_local_experts=8,
-        intermediate_size=64,
-        num_hidden_layers=4,
-    )
+    hf = HF_SIZES
     with pytest.raises(ValueError, match=message):
         layout.validate(12, hf)
     ParallelLayout(pp=3, first_stage_layers=2, last_stage_layers=1).validate(3, hf)
