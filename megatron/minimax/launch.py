@@ -68,8 +68,10 @@ def leave_process_group() -> None:
         return
     from megatron.core import parallel_state
 
+    from megatron.minimax.platform.parallel_state import destroy_model_parallel
+
     if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
+        destroy_model_parallel()
     dist.destroy_process_group()
 
 

@@ -143,6 +143,7 @@ def single_process_group() -> Iterator[None]:
     from megatron.core import parallel_state
 
     from megatron.minimax.platform.cpu_shims import cpu_shims
+    from megatron.minimax.platform.parallel_state import destroy_model_parallel
 
     with cpu_shims():
         created_group = not torch.distributed.is_initialized()
@@ -160,26 +161,9 @@ def single_process_group() -> Iterator[None]:
             yield
         finally:
             if created_state:
-                _destroy_model_parallel()
+                destroy_model_parallel()
             if created_group:
                 torch.distributed.destroy_process_group()
-
-
-def _destroy_model_parallel() -> None:
-    """megatron-core's ``destroy_model_parallel``, plus two groups it leaves referenced in 0.19
-    (``_INTRA_PARTIAL_DATA_PARALLEL_GROUP_WITH_CP`` and its ``_GLOO`` twin). A process forked
-    afterwards that re-initialises model parallelism would drop that last reference in the child,
-    whose gloo threads do not exist there, and hang; so they are cleared here, in this process.
-    """
-    from megatron.core import parallel_state
-
-    parallel_state.destroy_model_parallel()
-    for name in (
-        "_INTRA_PARTIAL_DATA_PARALLEL_GROUP_WITH_CP",
-        "_INTRA_PARTIAL_DATA_PARALLEL_GROUP_WITH_CP_GLOO",
-    ):
-        if hasattr(parallel_state, name):
-            setattr(parallel_state, name, None)
 
 
 def dist_checkpoint_layout(
