@@ -32,7 +32,7 @@ FP32_FROZEN_BIAS_RUN = TINY_MODEL_ARGS + CPU_RUN_ARGS + LR + ["--moe-router-bias
 TP2_SP = ["--tensor-model-parallel-size", "2", "--sequence-parallel"]
 PP2 = ["--pipeline-model-parallel-size", "2"]
 OPTIMIZER_STATES = ("param", "exp_avg", "exp_avg_sq")
-"""Per parameter: the fp32 main copy (the parameter itself for the fp32 router) and Adam's moments."""
+"""Per parameter: the fp32 main copy (the fp32 router's is the parameter) and Adam's moments."""
 ROUTER = "model.layers.{}.block_sparse_moe.gate.weight"
 EXPERT_W1 = "model.layers.1.block_sparse_moe.experts.3.w1.weight"
 LOSS_RTOL = 1e-5  # TP=2 vs TP=1 in fp32: same weights (CPU init), different reduction order
