@@ -4,6 +4,7 @@
 #   make test-native     the same features native in megatron-core: patch its sdist with
 #                        tools/upstream/make_native.py, run the native and parity tests against it
 #   make bench-convert   HF -> Megatron converter memory and throughput (docs/benchmarks.md)
+#   make bench-reference   peak memory of the layer-by-layer HF reference (docs/benchmarks.md)
 # Each creates or reuses .venv (Python 3.12) and installs the project into it.
 
 VENV ?= .venv
@@ -21,7 +22,7 @@ NATIVE_UNIT_TESTS := \
 	tests/unit_tests/models/minimax_m2/test_parity.py \
 	tests/unit_tests/models/hybrid
 
-.PHONY: venv demo test test-native bench-convert clean
+.PHONY: venv demo test test-native bench-convert bench-reference clean
 
 venv:
 	@tools/bootstrap_venv.sh $(VENV)
@@ -39,6 +40,9 @@ test-native: venv
 
 bench-convert: venv
 	$(PY) tools/bench/bench_convert.py
+
+bench-reference: venv
+	$(PY) tools/bench/bench_reference.py
 
 clean:
 	rm -rf $(VENV) build .cache *.egg-info

@@ -7,7 +7,9 @@ MiniMax-M2 layer is an attention layer and an MoE layer: ``--hybrid-layer-patter
 repeated ``num_hidden_layers`` times, with ``|`` between pipeline stages and ``/*E`` per MTP
 depth; ``tools/minimax_m2_args.py --model hybrid`` prints it with the other architecture flags.
 ``--load`` takes checkpoints saved by GPT runs and by ``convert_minimax_m2.py hf-to-mcore`` as well
-as hybrid ones (megatron-core translates GPT checkpoints at load time).
+as hybrid ones (megatron-core translates GPT checkpoints at load time); ``--load-hf-dir`` starts
+from the released HF checkpoint directly, as in ``pretrain_gpt.py``. Quantization-aware training
+(``--modelopt-recipe``) is ``pretrain_gpt.py``'s only.
 """
 
 import sys
@@ -27,6 +29,7 @@ from megatron.minimax.training import (
     use_fp32_param_safe_float16_optimizer,
 )
 from megatron.minimax.training.gpt_step import forward_step, train_valid_test_datasets_provider
+from megatron.minimax.training.hf_initialization import hf_initialization
 
 if __name__ == "__main__":
     set_startup_timestamps(program_start=_PROGRAM_START, main_entry=time.time())
@@ -39,6 +42,9 @@ if __name__ == "__main__":
     use_fp32_param_safe_float16_optimizer()
     try:
         model_config = hybrid_model_config_from_args(args)
+        # --load-hf-dir: fill the freshly built model from the HF checkpoint (unless --load
+        # resumes); the weight table names HybridModel parameters as it names GPTModel ones.
+        hf_initialization(args, model_config)
     except ValueError as e:
         print(f"pretrain_hybrid.py: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -26,6 +26,7 @@ import contextlib
 import importlib
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import NoReturn
 
@@ -134,7 +135,11 @@ def fail(message: str) -> NoReturn:
 def import_modelopt() -> None:
     """modelopt, or one line naming the requirement (its import also needs ``requests``)."""
     try:
-        importlib.import_module("modelopt.torch.quantization")
+        with warnings.catch_warnings():
+            # MiniMaxM2ForCausalLM needs a newer transformers than modelopt's tested matrix;
+            # this tool does not use modelopt's HF integration, which the warning is about.
+            warnings.filterwarnings("ignore", message=r"transformers \S+ is not tested")
+            importlib.import_module("modelopt.torch.quantization")
     except ImportError as e:
         fail(
             f"nvidia-modelopt is not importable ({e}); install {MODELOPT_REQUIREMENT} and requests"
@@ -168,6 +173,9 @@ def check_inputs(args) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from megatron.minimax.launch import quiet_library_notices
+
+    quiet_library_notices()  # before megatron-core's and modelopt's imports, which warn
     check_inputs(args)
     import_modelopt()
 
@@ -179,7 +187,6 @@ def main(argv=None) -> int:
     from megatron.minimax.launch import (
         distributed_process_group,
         parity_layout_from_args,
-        quiet_optional_dependency_notices,
     )
     from megatron.minimax.models.minimax_m2.hf_config import load_hf_config
     from megatron.minimax.quantization.calibration_data import (
@@ -194,7 +201,6 @@ def main(argv=None) -> int:
     )
     from megatron.minimax.quantization.recipes import get_recipe
 
-    quiet_optional_dependency_notices()
     recipe = get_recipe(args.recipe)
     reference_dir = args.hf_reference_dir or args.hf_dir
     checkpoint = None

@@ -37,6 +37,7 @@ from megatron.minimax.launch import (
     add_parity_layout_arguments,
     distributed_process_group,
     parity_layout_from_args,
+    quiet_library_notices,
     read_tokens_file,
 )
 
@@ -84,7 +85,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--compare-hf",
         action="store_true",
         help="Also compute transformers' fp32 log-probabilities on rank 0 (on exactly the weights "
-        "Megatron holds) and report max |diff|, mean |diff| and the k3 KL estimate.",
+        "Megatron holds, one decoder layer in host memory at a time) and report max |diff|, "
+        "mean |diff| and the k3 KL estimate.",
     )
     group.add_argument(
         "--tolerance",
@@ -101,6 +103,7 @@ def fail(message: str) -> NoReturn:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    quiet_library_notices()
     from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError, HFCheckpoint
     from megatron.minimax.models.minimax_m2 import logprobs
 
@@ -122,11 +125,6 @@ def main(argv=None) -> int:
             f"--micro-batch-size {args.micro_batch_size} does not divide the batch {tokens.shape[0]}"
         )
     layout = parity_layout_from_args(args)
-    if layout.sp and tokens.shape[1] % layout.tp:
-        fail(
-            f"sequence parallelism needs the sequence length ({tokens.shape[1]}) divisible by "
-            f"--tp ({layout.tp}); pass --no-sequence-parallel or other tokens"
-        )
 
     with distributed_process_group():
         return _score(args, checkpoint, layout, tokens, scored)
@@ -144,12 +142,14 @@ def _score(args, checkpoint, layout, tokens, scored) -> int:
         fail(f"impossible layout {layout} on {world_size} processes: {e}")
 
     try:
+        # Each rank reads only its tensors, and of tensor-parallel ones only its part.
         loaded, rounding = parity.build_for_comparison(
             hf_config,
             lambda name: checkpoint.get(name, torch.float32),
             layout,
             args.load_dir,
             model=args.model,
+            read_hf_slice=checkpoint.get_slice,
         )
     except (CheckpointError, ValueError) as e:
         fail(str(e))
@@ -166,10 +166,12 @@ def _score(args, checkpoint, layout, tokens, scored) -> int:
         ]
         outputs = {"logprobs": scores.contiguous(), "scored": scored.contiguous()}
         if args.compare_hf:
-            from megatron.minimax.models.minimax_m2.hf_reference import load_hf_reference_model
+            from megatron.minimax.models.minimax_m2.hf_reference import streamed_hf_logits
 
-            reference_model = load_hf_reference_model(args.hf_dir, round_to=rounding)
-            reference = logprobs.hf_log_probs(reference_model, tokens).masked_fill(~scored, 0.0)
+            # Layer by layer: host memory for one decoder layer, whatever the depth.
+            reference_logits = streamed_hf_logits(args.hf_dir, tokens, round_to=rounding)
+            reference = logprobs.log_probs_from_logits(reference_logits, tokens)
+            reference = reference.masked_fill(~scored, 0.0)
             result = logprobs.compare_log_probs(scores, reference, scored)
             ok = result.ok(args.tolerance)
             lines += [

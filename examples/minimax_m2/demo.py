@@ -24,11 +24,9 @@ import argparse
 import contextlib
 import io
 import json
-import logging
 import os
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -194,8 +192,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work-dir", default="out/demo", help="Where the demo writes its files.")
     args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    logging.getLogger("megatron.core").setLevel(logging.ERROR)
+    from megatron.minimax.launch import quiet_library_notices
+
+    quiet_library_notices()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     from megatron.minimax.models.minimax_m2.parity import ParallelLayout
@@ -241,8 +240,7 @@ def main() -> int:
 def _run_tool(*args) -> None:
     import subprocess
 
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    subprocess.run([sys.executable, *args], check=True, stdout=subprocess.DEVNULL, env=env)
+    subprocess.run([sys.executable, *args], check=True, stdout=subprocess.DEVNULL)
 
 
 def convert_and_check(hf_dir: Path, work: Path) -> bool:

@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # Continued pretraining of MiniMax-M2 / M2.1 / M2.5 / M2.7 (229B total, ~10B active) with
-# Megatron-core, from a checkpoint converted by tools/checkpoint/convert_minimax_m2.py hf-to-mcore.
+# Megatron-core, straight from the released HF checkpoint (pretrain_gpt.py --load-hf-dir), or from
+# a checkpoint converted by tools/checkpoint/convert_minimax_m2.py hf-to-mcore.
 #
 # Run on every node (torchrun), or under Slurm with one task per node (srun bash <this script>).
 #
 # Required environment:
-#   HF_DIR      the HF model directory (config.json and tokenizer; the weights are not read here)
-#   LOAD_DIR    the converted Megatron checkpoint (latest_checkpointed_iteration.txt + release/)
-#   SAVE_DIR    where to write training checkpoints
+#   HF_DIR      the HF model directory (config.json and tokenizer; and the initial weights unless
+#               LOAD_DIR is set: each rank reads its own part of them, FP8 or BF16)
+#   SAVE_DIR    where to write training checkpoints (torch_dist); without LOAD_DIR, a relaunch
+#               resumes from the latest one there instead of reading HF_DIR's weights again
 #   DATA_PATH   Megatron indexed dataset prefix(es), e.g. "1.0 /data/corpus_text_document"
 #               (tools/preprocess_data.py --mode text)
 # Optional environment:
+#   LOAD_DIR    a converted Megatron checkpoint (latest_checkpointed_iteration.txt + release/) to
+#               start from instead of HF_DIR's weights
 #   GPU_TYPE=h100|h200  picks the layout below (checked with tools/model_report.py):
 #       h100 (80 GB):  16 nodes x 8 GPUs, TP1 PP4 EP32 ETP1, 62 layers as 15/16/16/15
 #       h200 (141 GB):  8 nodes x 8 GPUs, TP1 PP4 EP16 ETP1, 62 layers as 15/16/16/15
@@ -18,13 +22,12 @@
 #   TP, PP, EP, FIRST_STAGE_LAYERS, LAST_STAGE_LAYERS, SEQ_LENGTH, MICRO_BATCH_SIZE, GLOBAL_BATCH_SIZE, LR, TRAIN_ITERS
 #   EXPERT_BIAS_UPDATE_RATE  aux-loss-free balancing step (default 1e-3; 0 freezes the bias)
 #   MODEL_CLASS=gpt|hybrid   GPTModel through pretrain_gpt.py (default) or HybridModel through
-#                            pretrain_hybrid.py (pattern '*E' per layer; loads the same LOAD_DIR)
+#                            pretrain_hybrid.py (pattern '*E' per layer; the same HF_DIR/LOAD_DIR)
 #   WANDB_API_KEY, WANDB_PROJECT   log to Weights & Biases when set
 #   DRY_RUN=1   print the command instead of running it
 set -euo pipefail
 
 : "${HF_DIR:?Set HF_DIR to the MiniMax-M2 HF directory (config.json, tokenizer)}"
-: "${LOAD_DIR:?Set LOAD_DIR to the converted Megatron checkpoint (convert_minimax_m2.py hf-to-mcore)}"
 : "${SAVE_DIR:?Set SAVE_DIR to the training checkpoint directory}"
 : "${DATA_PATH:?Set DATA_PATH to the indexed dataset prefix(es) (tools/preprocess_data.py)}"
 
@@ -120,8 +123,14 @@ TRAINING_ARGS=(
     --no-rope-fusion
 )
 
+if [ -n "${LOAD_DIR:-}" ]; then
+    INITIAL_WEIGHTS=(--load "$LOAD_DIR")
+else
+    # The release's weights at the first launch; SAVE_DIR's latest checkpoint after that.
+    INITIAL_WEIGHTS=(--load-hf-dir "$HF_DIR" --load "$SAVE_DIR")
+fi
 CHECKPOINT_ARGS=(
-    --load "$LOAD_DIR"
+    "${INITIAL_WEIGHTS[@]}"
     --save "$SAVE_DIR"
     --save-interval 500
     --ckpt-format torch_dist

@@ -7,7 +7,7 @@
 # PREFIX_chat_loss_mask; pass the *_chat_document prefixes in DATA_PATH and pretrain_gpt.py trains
 # on the assistant turns as the chat template renders them (docs/data.md).
 #
-# Required environment: HF_DIR, LOAD_DIR, SAVE_DIR, DATA_PATH (see pretrain_minimax_m2.sh).
+# Required environment: HF_DIR, SAVE_DIR, DATA_PATH; optional LOAD_DIR (see pretrain_minimax_m2.sh).
 # Optional: everything pretrain_minimax_m2.sh takes; the defaults below are SFT's.
 set -euo pipefail
 

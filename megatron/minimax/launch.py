@@ -1,6 +1,6 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
 """What the command-line tools share: process-group setup, the tokens-file format, layout flags,
-one-line errors, and keeping import-time notices off their output.
+one-line errors, and keeping library notices nobody can act on off their output.
 
 Nothing heavy is imported at module level, so tools can answer ``--help`` and reject bad input
 before megatron-core loads.
@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 import warnings
 from typing import Callable, Iterator, NoReturn, Optional, Sequence, Tuple, TypeVar
@@ -124,15 +125,9 @@ def read_tokens_file(
     return tokens, mask
 
 
-def add_layout_arguments(
-    parser: argparse.ArgumentParser, uneven_pipeline: bool = True
-) -> argparse._ArgumentGroup:
-    """The ``layout`` argument group of the tools that take a parallel layout; returned so that a
-    tool can add its own layout flags to it.
-
-    Args:
-        uneven_pipeline: also ``--first-stage-layers``/``--last-stage-layers``.
-    """
+def add_layout_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The ``layout`` argument group of the tools that take a parallel layout (uneven pipeline
+    stages included); returned so that a tool can add its own layout flags to it."""
     group = parser.add_argument_group(title="layout")
     group.add_argument("--tp", type=int, default=1, help="Tensor-parallel size.")
     group.add_argument("--pp", type=int, default=1, help="Pipeline-parallel size.")
@@ -140,8 +135,6 @@ def add_layout_arguments(
     group.add_argument(
         "--etp", type=int, default=None, help="Expert tensor-parallel size (default: --tp)."
     )
-    if not uneven_pipeline:
-        return group
     group.add_argument(
         "--first-stage-layers",
         type=int,
@@ -176,12 +169,14 @@ def add_model_class_argument(group: argparse._ArgumentGroup) -> None:
 
 def add_parity_layout_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     """The layout flags of the parity tools (:class:`~megatron.minimax.models.minimax_m2.parity.
-    ParallelLayout`: even pipelines, sequence parallelism on by default with TP)."""
-    group = add_layout_arguments(parser, uneven_pipeline=False)
+    ParallelLayout`: sequence parallelism on by default with TP, at any sequence length)."""
+    group = add_layout_arguments(parser)
     group.add_argument(
         "--no-sequence-parallel",
         action="store_true",
-        help="Turn sequence parallelism off (it is on by default whenever --tp > 1).",
+        help="Turn sequence parallelism off (it is on by default whenever --tp > 1; sequences "
+        "of any length are padded internally to a multiple of --tp, and the padding is dropped "
+        "from every result).",
     )
     return group
 
@@ -197,6 +192,8 @@ def parity_layout_from_args(args: argparse.Namespace):
         ep=args.ep,
         etp=args.etp,
         sequence_parallel=False if args.no_sequence_parallel else None,
+        first_stage_layers=args.first_stage_layers,
+        last_stage_layers=args.last_stage_layers,
     )
 
 
@@ -215,11 +212,64 @@ def layout_from_args(args: argparse.Namespace):
     )
 
 
-def quiet_optional_dependency_notices() -> None:
-    """megatron-core warns on import about every optional package it lacks (TE, Apex, ...), and
-    torch about a missing CUDA runtime; none of that concerns a tool's output."""
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
-    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+_UNACTIONABLE_WARNINGS = (
+    # megatron-core, on import: optional packages a tool does not use.
+    "Transformer Engine and Apex are not installed",
+    "Apex is not installed",
+    "absl.logging is not installed",
+    "Only transformer-engine>=",
+    "The following imports from `dynamic_context.py`",
+    "MimoModelConfig is experimental",
+    # megatron-core's own defaults and a launch without torchrun (a one-process group).
+    "full scope is deprecated",
+    "Could not determine rank from torch.distributed",
+    # megatron-core's layers: an expert-TP size of 1 under sequence parallelism, and a GPU
+    # launch setting (a check's speed does not depend on it).
+    "`sequence_parallel` is set to `True`, but tensor model parallel size is 1",
+    "When using sequence parallelism it is recommended to set the environment variable",
+    # torch APIs that megatron-core's collectives and checkpointing call.
+    "`torch.distributed.reduce_scatter_tensor` is deprecated",
+    "`torch.distributed.all_gather_into_tensor` is deprecated",
+    "The argument order of load has been changed",
+    "Please use DTensor instead and we are deprecating ShardedTensor",
+    "torch.distributed is disabled, unavailable or uninitialized",
+    # nvidia-modelopt's import: its own version matrix, and a torch deprecation it triggers.
+    "`torch.jit.script` is deprecated",
+)
+"""Starts of the warning messages that :func:`quiet_library_notices` drops."""
+
+_UNACTIONABLE_LOG_RECORDS = {
+    # torch: no GPU on this machine.
+    "torch.utils.cpp_extension": ("No CUDA runtime",),
+    # Choosing GPTModel is deliberate (pretrain_hybrid.py and --model hybrid build the class
+    # megatron-core develops); the notice repeats on every rank for every model built.
+    "megatron.core.models.gpt.gpt_model": ("GPTModel IS DEPRECATED",),
+    # megatron-core's default save strategy.
+    "megatron.core.dist_checkpointing.strategies.torch": ("MCore's async save is deprecated",),
+}
+"""Logger name -> starts of the messages that :func:`quiet_library_notices` drops."""
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, *starts: str):
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.starts)
+
+
+def quiet_library_notices() -> None:
+    """Drop the notices of torch and megatron-core that no user of a tool can act on, for the
+    rest of the process (call it first thing in a tool's ``main``; forked workers inherit it):
+    megatron-core's import-time warnings about optional packages (TE, Apex, absl), its
+    ``GPTModel`` deprecation notice, torch's note that there is no CUDA runtime (``CUDA_HOME``),
+    and deprecations of torch APIs inside megatron-core (:data:`_UNACTIONABLE_WARNINGS`,
+    :data:`_UNACTIONABLE_LOG_RECORDS`). Every other warning, ours included, is still shown."""
+    for start in _UNACTIONABLE_WARNINGS:
+        warnings.filterwarnings("ignore", message=re.escape(start))
+    for name, starts in _UNACTIONABLE_LOG_RECORDS.items():
+        logging.getLogger(name).addFilter(_DropMessages(*starts))
 
 
 def send_library_logging_to_stderr() -> None:
@@ -248,7 +298,7 @@ def compute_from_hf_config(
     ``args.mtp_num_layers``): ``compute(hf_config)`` with megatron's import notices silenced
     and its prints and log records on stderr (stdout is the tool's result). A bad path, config
     or layout (``ValueError``/``OSError``) exits through :func:`fail` with its first line."""
-    quiet_optional_dependency_notices()
+    quiet_library_notices()
     if args.mtp_num_layers is not None and args.mtp_num_layers < 1:
         fail(prog, f"--mtp-num-layers must be >= 1, got {args.mtp_num_layers}")
 

@@ -20,7 +20,6 @@ import argparse
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 
 PROG = "convert_minimax_m2.py"
@@ -204,7 +203,9 @@ def _run_mcore_to_hf(args) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    warnings.filterwarnings("ignore", module="megatron")
+    from megatron.minimax.launch import quiet_library_notices
+
+    quiet_library_notices()
     logging.basicConfig(level=logging.WARNING, format=f"{PROG}: %(message)s")
     from megatron.minimax.checkpoint.converter_process import (
         import_megatron_core_uncompiled,

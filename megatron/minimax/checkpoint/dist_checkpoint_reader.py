@@ -11,6 +11,7 @@ overlap them, into tensors it allocates (no process group needed).
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -146,7 +147,10 @@ class DistCheckpointReader:
             )
         planner = _RegionPlanner(regions)
         try:
-            load({}, storage_reader=self._reader, planner=planner, no_dist=True)
+            with warnings.catch_warnings():
+                # One process reading on purpose (no_dist): torch warns about it all the same.
+                warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+                load({}, storage_reader=self._reader, planner=planner, no_dist=True)
         except CheckpointError:
             raise
         except Exception as e:

@@ -243,6 +243,8 @@ class HFCheckpoint:
         for name, file in self._weight_map.items():
             self._names_by_file.setdefault(file, []).append(name)
         self._tensor_names = sorted(n for n in self._weight_map if not self._is_companion(n))
+        self.bytes_read = 0
+        """Tensor-data bytes read from the shards so far (weights and scales)."""
 
     # ------------------------------------------------------------------ public API
 
@@ -296,6 +298,33 @@ class HFCheckpoint:
         if scale is not None:
             return self._dequantize(name, tensor, scale, dtype)
         return tensor.to(dtype)
+
+    def get_slice(
+        self, name: str, dim: int, start: int, stop: int, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """Reads ``name[start:stop]`` along ``dim`` (0, or 1 of a 2-D tensor) without reading
+        the rest of it, dequantised like :meth:`get`.
+
+        Rows (``dim=0``) are one contiguous read; columns are one read per row. An FP8 tensor is
+        read in whole blocks (the slice widened to block boundaries along ``dim``, with the
+        scales of those blocks) and cut after dequantisation, so the values equal those of
+        :meth:`get`.
+        """
+        info = self._info(name)
+        shape = info.shape
+        if not (dim == 0 or (dim == 1 and len(shape) == 2)) or not 0 <= start <= stop <= shape[dim]:
+            raise ValueError(
+                f"{name} {list(shape)}: cannot read [{start}:{stop}] along dimension {dim}"
+            )
+        scale_name = self._check_quantized_pair(name)
+        if scale_name is None:
+            return self._read(name, dim, start, stop).to(dtype)
+        block = self.block_size[dim]
+        first, last = start // block, -(-stop // block)
+        raw = self._read(name, dim, first * block, min(last * block, shape[dim]))
+        scale = self._read(scale_name, dim, first, last)
+        value = self._dequantize(name, raw, scale, torch.float32)
+        return value.narrow(dim, start - first * block, stop - start).to(dtype)
 
     def get_counting_nonfinite(
         self, name: str, dtype: torch.dtype = torch.float32
@@ -602,30 +631,55 @@ class HFCheckpoint:
             old.__exit__(None, None, None)
         return handle
 
-    def _read(self, name: str) -> torch.Tensor:
-        """Reads the tensor's bytes into memory of its own (the shard is opened with
-        ``safe_open`` once, to check it, but not read through its memory map: pages of a map stay
-        in this process's resident set while the map is open, so reading every tensor of a
-        checkpoint through maps grows the RSS with the checkpoint)."""
+    def _read(
+        self, name: str, dim: int = 0, start: int = 0, stop: Optional[int] = None
+    ) -> torch.Tensor:
+        """Reads the tensor's bytes (or those of ``[start:stop]`` along ``dim``, 0 or 1) into
+        memory of its own (the shard is opened with ``safe_open`` once, to check it, but not read
+        through its memory map: pages of a map stay in this process's resident set while the map
+        is open, so reading every tensor of a checkpoint through maps grows the RSS with the
+        checkpoint)."""
         file = self._weight_map[name]
         self._handle(file)
         info = self._header(file)[name]
         dtype = _SAFETENSORS_DTYPES[info.dtype]
-        if info.nbytes == 0:
-            return torch.empty(info.shape, dtype=dtype)
-        buffer = numpy.empty(info.nbytes, dtype=numpy.uint8)  # not zeroed: every byte is read
+        shape = list(info.shape)
+        if stop is None:
+            stop = shape[dim] if shape else 1
+        # The region as (file offset, bytes) runs: one for rows, one per row for columns.
+        row_bytes = info.nbytes // shape[0] if shape and shape[0] else info.nbytes
+        if not shape:
+            runs = [(info.offset, info.nbytes)]
+        elif dim == 0:
+            runs = [(info.offset + start * row_bytes, (stop - start) * row_bytes)]
+            shape[0] = stop - start
+        else:
+            item = row_bytes // shape[1]
+            runs = [
+                (info.offset + row * row_bytes + start * item, (stop - start) * item)
+                for row in range(shape[0])
+            ]
+            shape[1] = stop - start
+        total = sum(n for _, n in runs)
+        if total == 0:
+            return torch.empty(shape, dtype=dtype)
+        buffer = numpy.empty(total, dtype=numpy.uint8)  # not zeroed: every byte is read
         view = memoryview(buffer)
         try:
             with open(file, "rb", buffering=0) as f:
-                done = 0
-                while done < info.nbytes:
-                    n = os.preadv(f.fileno(), [view[done:]], info.offset + done)
-                    if n == 0:
-                        raise CheckpointError(
-                            f"{file}: truncated while reading tensor '{name}' ({done} of "
-                            f"{info.nbytes} bytes)"
-                        )
-                    done += n
+                at = 0
+                for offset, nbytes in runs:
+                    done = 0
+                    while done < nbytes:
+                        n = os.preadv(f.fileno(), [view[at + done : at + nbytes]], offset + done)
+                        if n == 0:
+                            raise CheckpointError(
+                                f"{file}: truncated while reading tensor '{name}' ({done} of "
+                                f"{nbytes} bytes at offset {offset})"
+                            )
+                        done += n
+                    at += nbytes
         except OSError as e:
             raise CheckpointError(f"{file}: cannot read tensor '{name}': {e}") from e
-        return torch.from_numpy(buffer).view(dtype).reshape(info.shape)
+        self.bytes_read += total
+        return torch.from_numpy(buffer).view(dtype).reshape(shape)

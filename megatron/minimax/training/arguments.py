@@ -36,6 +36,7 @@ from megatron.training.argument_utils import (
 from megatron.training.arguments import add_megatron_arguments, validate_args
 
 from megatron.minimax.native_core import megatron_core_is_native
+from megatron.minimax.training.hf_initialization import add_hf_initialization_args
 from megatron.minimax.training.hybrid_model_builder import HybridModelConfig
 from megatron.minimax.training.model_builder import HAVE_TE, GPTModelConfig
 from megatron.minimax.transformer.transformer_config import TransformerConfig
@@ -47,7 +48,9 @@ MODELOPT_GROUP_TITLE = "modelopt quantization-aware training"
 
 
 def add_minimax_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """``extra_args_provider``: one flag per field that our ``TransformerConfig`` adds.
+    """``extra_args_provider``: one flag per field that our ``TransformerConfig`` adds (none when
+    megatron-core is native: megatron-training then generates them), ``--modelopt-recipe``, and
+    ``--load-hf-dir`` (:mod:`~megatron.minimax.training.hf_initialization`).
 
     Flags, types, choices and help text come from the dataclass (``Literal`` -> ``choices``,
     attribute docstring -> help), exactly as megatron-training builds its own transformer flags;
@@ -58,6 +61,7 @@ def add_minimax_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         factory = ArgumentGroupFactory(TransformerConfig, exclude=inherited)
         factory.build_group(parser, title=ARGUMENT_GROUP_TITLE)
     _add_modelopt_args(parser)
+    add_hf_initialization_args(parser)
     _escape_stray_percent_signs(parser)
     return parser
 
@@ -160,12 +164,19 @@ def hybrid_model_config_from_args(args: argparse.Namespace) -> HybridModelConfig
 
     Raises:
         ValueError: without ``--hybrid-layer-pattern`` (print it with
-            ``tools/minimax_m2_args.py --model hybrid``).
+            ``tools/minimax_m2_args.py --model hybrid``), or with ``--modelopt-recipe``.
     """
     if not args.hybrid_layer_pattern:
         raise ValueError(
             "a HybridModel needs --hybrid-layer-pattern ('*E' per MiniMax-M2 layer; "
             "tools/minimax_m2_args.py --model hybrid prints it)"
+        )
+    if getattr(args, "modelopt_recipe", None) is not None:
+        # Its checkpoints would hold quantizer state under HybridModel names, which
+        # tools/quantize_minimax_m2.py (a GPTModel) cannot restore.
+        raise ValueError(
+            "--modelopt-recipe (quantization-aware training) runs through pretrain_gpt.py; "
+            "tools/quantize_minimax_m2.py exports GPTModel checkpoints only"
         )
     return hybrid_config_from_args(
         args, config=transformer_config_from_args(args), model_config_cls=HybridModelConfig

@@ -46,6 +46,7 @@ from megatron.minimax.models.minimax_m2.hf_config import (
     padded_vocab_size,
 )
 from megatron.minimax.models.minimax_m2.hybrid_pattern import minimax_m2_hybrid_config
+from megatron.minimax.models.minimax_m2.model import pipeline_stage_layers
 from megatron.minimax.training.arguments import (
     add_minimax_args,
     gpt_model_config_from_args,
@@ -177,36 +178,15 @@ def check_layout(
         if value % size:
             raise ValueError(f"{flag} {size} does not divide {what} {value}")
     make_vocab_size_divisible_by(layout.tp)  # TP must divide the padding multiple
-    _check_pipeline_stages(config.num_layers, layout)
+    pipeline_stage_layers(
+        config.num_layers, layout.pp, layout.first_stage_layers, layout.last_stage_layers
+    )
     if num_gpus is not None:
         dense, expert = layout.tp * layout.pp, layout.expert_tp * layout.ep * layout.pp
         if num_gpus < 1 or num_gpus % dense:
             raise ValueError(f"--num-gpus {num_gpus} is not a multiple of TP x PP = {dense}")
         if num_gpus % expert:
             raise ValueError(f"--num-gpus {num_gpus} is not a multiple of ETP x EP x PP = {expert}")
-
-
-def _check_pipeline_stages(num_layers: int, layout: Layout) -> None:
-    uneven = (layout.first_stage_layers, layout.last_stage_layers)
-    if uneven == (None, None):
-        if num_layers % layout.pp:
-            raise ValueError(
-                f"--pp {layout.pp} does not divide num_layers {num_layers} (give "
-                "--first-stage-layers/--last-stage-layers for uneven stages)"
-            )
-        return
-    if layout.pp < 2:
-        raise ValueError("--first-stage-layers/--last-stage-layers need --pp >= 2")
-    fixed = [n for n in uneven if n is not None]
-    if any(n < 1 for n in fixed):
-        raise ValueError(f"pipeline stages need at least one layer, got {uneven}")
-    middle_stages = layout.pp - len(fixed)
-    rest = num_layers - sum(fixed)
-    if rest < 0 or (middle_stages == 0 and rest) or (middle_stages and rest % middle_stages):
-        raise ValueError(
-            f"num_layers {num_layers} minus first/last stage layers {uneven} does not split "
-            f"evenly over the other {middle_stages} pipeline stages"
-        )
 
 
 def vocab_size_divisor(vocab_size: int, tp: int) -> int:

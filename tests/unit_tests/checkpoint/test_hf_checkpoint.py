@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from megatron.minimax.checkpoint import hf_checkpoint
 from megatron.minimax.checkpoint.fp8_blockwise import dequantize_blockwise
 from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError, HFCheckpoint, find_nonfinite
-from megatron.minimax.testing.tiny_checkpoint import build_tiny_checkpoint
+from megatron.minimax.testing.tiny_checkpoint import build_tiny_checkpoint, tiny_hf_config
 
 INDEX = "model.safetensors.index.json"
 Q_PROJ = "model.layers.0.self_attn.q_proj.weight"
@@ -183,6 +183,56 @@ class TestHFCheckpointRead:
         for d in (fp8_dir, bf16_dir):
             with HFCheckpoint(d) as ckpt:
                 ckpt.validate(deep=True)
+
+
+class TestHFCheckpointSlices:
+    """Reading part of a tensor: the values of the whole tensor's part, and only its bytes (an
+    FP8 tensor in whole 128x128 blocks)."""
+
+    @pytest.fixture(scope="class")
+    def wide(self, tmp_path_factory):
+        # Widths above one FP8 block and not multiples of it: partial blocks at both ends.
+        config = tiny_hf_config(hidden_size=320, intermediate_size=300)
+        root = tmp_path_factory.mktemp("wide")
+        return {
+            fp8: HFCheckpoint(build_tiny_checkpoint(root / str(fp8), config, fp8=fp8))
+            for fp8 in (False, True)
+        }
+
+    @pytest.mark.parametrize("fp8", [False, True])
+    @pytest.mark.parametrize(
+        "name, dim, start, stop",
+        [
+            ("model.layers.0.block_sparse_moe.experts.1.w1.weight", 0, 150, 300),  # [300, 320]
+            ("model.layers.0.block_sparse_moe.experts.1.w2.weight", 1, 100, 200),  # [320, 300]
+            ("model.layers.1.self_attn.q_proj.weight", 0, 0, 64),  # [128, 320]
+            ("model.embed_tokens.weight", 0, 500, 1001),
+            ("model.layers.2.input_layernorm.weight", 0, 7, 7),
+        ],
+    )
+    def test_values_equal_the_whole_tensors_part(self, wide, fp8, name, dim, start, stop):
+        ckpt = wide[fp8]
+        got = ckpt.get_slice(name, dim, start, stop)
+        assert torch.equal(got, ckpt.get(name).narrow(dim, start, stop - start))
+
+    def test_bytes_read_are_the_slice_or_its_blocks(self, wide):
+        bf16, fp8 = wide[False], wide[True]
+        w2 = "model.layers.0.block_sparse_moe.experts.1.w2.weight"  # [320, 300]
+        before = bf16.bytes_read
+        bf16.get_slice(w2, 1, 100, 200)
+        assert bf16.bytes_read - before == 320 * 100 * 2
+        before = fp8.bytes_read
+        fp8.get_slice(w2, 1, 100, 200)
+        # Columns 0-255 (blocks 0 and 1) of the FP8 bytes, and those blocks' 3 x 2 scales.
+        assert fp8.bytes_read - before == 320 * 256 + 3 * 2 * 4
+        before = fp8.bytes_read
+        fp8.get(w2)
+        assert fp8.bytes_read - before == 320 * 300 + 3 * 3 * 4
+
+    @pytest.mark.parametrize("dim, start, stop", [(2, 0, 1), (0, 5, 400), (1, 3, 2)])
+    def test_bad_region_is_refused(self, wide, dim, start, stop):
+        with pytest.raises(ValueError, match="cannot read"):
+            wide[False].get_slice("model.layers.0.self_attn.o_proj.weight", dim, start, stop)
 
 
 class TestFindNonfinite:

@@ -535,6 +535,7 @@ class TestCLI:
             str(tiny_fp8_checkpoint), "--format", "fp8", "--max-shard-size", "300KB",
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stderr == ""  # no notice of torch or megatron-core a user cannot act on
         assert f"{NUM_QUANTIZED} unchanged" in proc.stdout and f"wrote {out}" in proc.stdout
         assert len(list(out.glob("*.safetensors"))) >= 3
         _assert_same_tensors(out, tiny_fp8_checkpoint)

@@ -104,6 +104,13 @@ class TestFullModelScripts:
         assert args.decoder_first_pipeline_num_layers is None
         assert args.qk_layernorm_scope == "layer" and args.moe_router_keep_in_fp32
 
+    def test_without_load_dir_starts_from_the_release_and_resumes_from_save_dir(self, hf_dir):
+        env = _cluster_env(hf_dir)
+        del env["LOAD_DIR"]
+        args = parse_training_args(_dry_run("pretrain_minimax_m2.sh", env), world_size=128)
+        assert args.load_hf_dir == str(hf_dir)
+        assert args.load == args.save == "ckpt/run"
+
     def test_sft_uses_chat_data_and_freezes_the_expert_bias(self, hf_dir):
         env = _cluster_env(hf_dir, DATA_PATH="data/sft_chat_document")
         args = parse_training_args(_dry_run("sft_minimax_m2.sh", env), world_size=128)

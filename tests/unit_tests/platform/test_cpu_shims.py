@@ -44,10 +44,31 @@ def _process_state():
     }
 
 
+def _groups_left_behind():
+    """megatron-core 0.19's destroy_model_parallel leaves these referenced; a worker forked
+    later that initialises model parallelism then hangs."""
+    from megatron.core import parallel_state
+
+    names = (
+        "_INTRA_PARTIAL_DATA_PARALLEL_GROUP_WITH_CP",
+        "_INTRA_PARTIAL_DATA_PARALLEL_GROUP_WITH_CP_GLOO",
+    )
+    return [name for name in names if getattr(parallel_state, name, None) is not None]
+
+
 def _changed(before, after):
     return sorted(
         name for name in before if before[name] is not after[name] and before[name] != after[name]
     )
+
+
+def _initialise_model_parallel(rank, world_size):
+    from megatron.core import parallel_state
+
+    parallel_state.initialize_model_parallel()
+    size = parallel_state.get_data_parallel_world_size()
+    parallel_state.destroy_model_parallel()
+    return size
 
 
 @pytest.mark.skipif(CUDA, reason="the shims do nothing where CUDA is available")
@@ -98,6 +119,7 @@ class TestLibraryCallsLeaveNoGlobalState:
         assert _changed(before, _process_state()) == []
         convert_mcore_to_hf(tmp_path / "mcore", tmp_path / "hf", tiny_bf16_checkpoint)
         assert _changed(before, _process_state()) == []
+        assert _groups_left_behind() == []
         assert (tmp_path / "hf" / "model.safetensors.index.json").is_file()
 
     def test_tools_process_group_in_process(self, monkeypatch):
@@ -112,3 +134,17 @@ class TestLibraryCallsLeaveNoGlobalState:
 
             parallel_state.initialize_model_parallel()
         assert _changed(before, _process_state()) == []
+        assert _groups_left_behind() == []
+
+    def test_a_worker_forked_afterwards_initialises_model_parallelism(self, monkeypatch):
+        # The case that hung: model parallelism set up and left in this process, then workers.
+        from megatron.minimax.launch import distributed_process_group
+        from megatron.minimax.testing.distributed import run_in_processes
+
+        for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            monkeypatch.delenv(name, raising=False)
+        with distributed_process_group():
+            from megatron.core import parallel_state
+
+            parallel_state.initialize_model_parallel()
+        assert run_in_processes(_initialise_model_parallel, 2, timeout=120) == [2, 2]

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from transformers import MiniMaxM2Config, MiniMaxM2ForCausalLM
 from transformers.configuration_utils import PreTrainedConfig
 
@@ -355,32 +354,3 @@ class TestLoadHfReferenceModel:
         with torch.no_grad():
             unbiased = model(tokens).logits
         assert (unbiased - logits).abs().max() > 0.1
-
-    def test_missing_expert_is_an_error(self, tmp_path):
-        d = build_tiny_checkpoint(tmp_path / "d")
-        index = json.loads((d / INDEX).read_text())
-        del index["weight_map"]["model.layers.2.block_sparse_moe.experts.5.w3.weight"]
-        (d / INDEX).write_text(json.dumps(index))
-        with pytest.raises(RuntimeError, match=r"layer 2 w3: experts \[5\] missing, \[\] unex"):
-            load_hf_reference_model(d)
-
-    def test_unused_tensor_is_an_error(self, tmp_path):
-        # An MTP-like tensor the model has no slot for (the release never ships one).
-        d = build_tiny_checkpoint(tmp_path / "d")
-        index = json.loads((d / INDEX).read_text())
-        shard = d / index["weight_map"]["lm_head.weight"]
-        tensors = load_file(shard)
-        tensors["model.layers.4.eh_proj.weight"] = torch.zeros(64, 128, dtype=torch.bfloat16)
-        save_file(tensors, shard, metadata={"format": "pt"})
-        index["weight_map"]["model.layers.4.eh_proj.weight"] = shard.name
-        (d / INDEX).write_text(json.dumps(index))
-        with pytest.raises(RuntimeError, match=r"unused \['model.layers.4.eh_proj.weight'\]"):
-            load_hf_reference_model(d)
-
-    def test_missing_tensor_is_an_error(self, tmp_path):
-        d = build_tiny_checkpoint(tmp_path / "d")
-        index = json.loads((d / INDEX).read_text())
-        del index["weight_map"]["model.layers.1.self_attn.k_norm.weight"]
-        (d / INDEX).write_text(json.dumps(index))
-        with pytest.raises(RuntimeError, match=r"missing \['model\.layers\.1\.self_attn\.k_norm"):
-            load_hf_reference_model(d)

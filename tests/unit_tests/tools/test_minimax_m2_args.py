@@ -227,19 +227,20 @@ class TestErrors:
         assert "--model {gpt,hybrid}" in out
 
 
-class TestUnevenPipeline:
-    @pytest.fixture(scope="class")
-    def released_config(self):
-        from megatron.minimax.models.minimax_m2.hf_config import minimax_m2_config_from_hf
+@pytest.fixture(scope="module")
+def released_config():
+    from megatron.minimax.models.minimax_m2.hf_config import minimax_m2_config_from_hf
 
-        return minimax_m2_config_from_hf(
-            str(Path(__file__).resolve().parents[3] / "examples/minimax_m2/configs/minimax_m2.5_config.json")
-        )[0]
+    return minimax_m2_config_from_hf(str(RELEASED_CONFIG))[0]
+
+
+class TestUnevenPipeline:
 
     def test_62_layers_split_15_16_16_15(self, released_config):
         from megatron.minimax.training.minimax_m2_flags import check_layout
 
-        check_layout(released_config, 200064, Layout(pp=4, first_stage_layers=15, last_stage_layers=15))
+        layout = Layout(pp=4, first_stage_layers=15, last_stage_layers=15)
+        check_layout(released_config, 200064, layout)
 
     @pytest.mark.parametrize(
         "layout, message",

@@ -31,7 +31,8 @@ def _run(args, nproc=None, timeout=300):
 @pytest.fixture(scope="module")
 def tokens_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("tokens") / "tokens.safetensors"
-    tokens = torch.randint(0, 1001, (2, 12), generator=torch.Generator().manual_seed(5))
+    # A prime length: sequence parallelism at TP2 pads it internally.
+    tokens = torch.randint(0, 1001, (2, 13), generator=torch.Generator().manual_seed(5))
     save_file({"tokens": tokens}, str(path))
     return path
 
@@ -50,7 +51,7 @@ class TestVerifyTool:
         assert "PASS" in proc.stdout and "layout TP2xSP" in proc.stdout
         logits = load_file(str(dump))["logits"]
         tokens = load_file(str(tokens_file))["tokens"]
-        assert logits.dtype == torch.float32 and logits.shape == (2, 12, 1001)
+        assert logits.dtype == torch.float32 and logits.shape == (2, 13, 1001)
         reference = hf_logits(load_hf_reference_model(tiny_fp8_checkpoint), tokens)
         assert (logits - reference).abs().max() <= LOGITS_ATOL
 
@@ -84,6 +85,15 @@ class TestVerifyTool:
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "HybridModel at layout TP2xEP2xETP1xSP" in proc.stdout and "PASS" in proc.stdout
+    def test_uneven_pipeline_stages(self, tiny_bf16_checkpoint, tokens_file):
+        # 4 layers over PP3 as 1/2/1.
+        proc = _run(
+            ["--hf-dir", str(tiny_bf16_checkpoint), "--pp", "3", "--first-stage-layers", "1",
+             "--last-stage-layers", "1", "--tokens-file", str(tokens_file)],
+            nproc=3,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "layout TP1xPP3[first=1,last=1]" in proc.stdout and "PASS" in proc.stdout
 
     def test_layout_gloo_cannot_run_is_refused_with_one_line(self, tiny_bf16_checkpoint):
         proc = _run(["--hf-dir", str(tiny_bf16_checkpoint), "--tp", "2", "--ep", "2"], nproc=4)
@@ -96,6 +106,8 @@ class TestVerifyTool:
         proc = _run(["--hf-dir", str(tiny_bf16_checkpoint), "--logits-atol", "1e-12"])
         assert proc.returncode == 1, proc.stdout + proc.stderr
         assert "FAIL" in proc.stdout
+        # No notice of torch, megatron-core or transformers that a user cannot act on.
+        assert proc.stderr == ""
 
     @pytest.mark.parametrize(
         "args, message",

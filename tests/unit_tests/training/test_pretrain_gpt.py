@@ -3,6 +3,8 @@
 
 Two launches: world size 1, and world size 2 with TP=2 + sequence parallelism. Each runs the path
 of ``pretrain()`` (see ``training_harness``) on a two-layer MiniMax-M2-shaped model on mock data.
+The TP=2 optimizer checkpoint is also loaded at TP=1 x DP=2 and at PP=2.
+
 ``make test-native`` runs this module against megatron-core patched by the native series too:
 the same model, losses and checkpoints, built from megatron-core's own classes.
 """
@@ -31,6 +33,11 @@ BF16_MTP_RUN = TINY_MODEL_ARGS + CPU_RUN_ARGS + LR + ["--bf16", "--mtp-num-layer
 FP32_FROZEN_BIAS_RUN = TINY_MODEL_ARGS + CPU_RUN_ARGS + LR + ["--moe-router-bias-update-rate", "0"]
 """fp32, expert bias frozen through the upstream flag (rate 0)."""
 TP2_SP = ["--tensor-model-parallel-size", "2", "--sequence-parallel"]
+PP2 = ["--pipeline-model-parallel-size", "2"]
+OPTIMIZER_STATES = ("param", "exp_avg", "exp_avg_sq")
+"""Per parameter: the fp32 main copy (the fp32 router's is the parameter) and Adam's moments."""
+ROUTER = "model.layers.{}.block_sparse_moe.gate.weight"
+EXPERT_W1 = "model.layers.1.block_sparse_moe.experts.3.w1.weight"
 LOSS_RTOL = 1e-5  # TP=2 vs TP=1 in fp32: same weights (CPU init), different reduction order
 
 
@@ -121,6 +128,82 @@ def _optimizer_state(optimizer):
     return out
 
 
+def _optimizer_states_by_name(args, model, optimizer):
+    """``{HF name: {state: full tensor}}`` of this pipeline stage's parameters (MTP layers are
+    not HF tensors): optimizer states gathered over TP and EP like the weights they belong to,
+    so that checkpoints of different layouts compare name by name. Collective over TP and EP."""
+    from megatron.core.utils import get_model_config
+
+    from megatron.minimax.models.conversion.mappings import MappingContext
+    from megatron.minimax.models.conversion.model_weights import iter_hf_weights
+    from megatron.minimax.models.minimax_m2.weight_mapping import MINIMAX_M2_WEIGHTS
+
+    gpt = _unwrap(model[0])
+    config = get_model_config(model[0])
+    tp = config.tensor_model_parallel_size
+    rows = gpt.embedding.word_embeddings.num_embeddings if gpt.pre_process else None
+    rows = rows if rows is not None else gpt.output_layer.weight.shape[0]
+    ctx = MappingContext(
+        num_attention_heads=config.num_attention_heads,
+        num_query_groups=config.num_query_groups,
+        head_dim=config.kv_channels,
+        vocab_size=args.vocab_size,
+        padded_vocab_size=rows * tp,
+    )
+    main_param = {}
+    for inner in optimizer.chained_optimizers:
+        for model_group, main_group in zip(inner.float16_groups, inner.fp32_from_float16_groups):
+            main_param.update((id(p), m) for p, m in zip(model_group, main_group))
+        for group in inner.fp32_from_fp32_groups:
+            main_param.update((id(p), p) for p in group)
+
+    def state_of(key):
+        def get(tensor):
+            main = main_param.get(id(tensor))
+            if main is None:
+                return None  # buffers (router.expert_bias) have no optimizer state
+            if key == "param":
+                return main.detach()
+            for inner in optimizer.chained_optimizers:
+                if main in inner.optimizer.state:
+                    return inner.optimizer.state[main][key]
+            raise KeyError(f"no optimizer state for a parameter of shape {tuple(main.shape)}")
+
+        return get
+
+    out = {}
+    for key in OPTIMIZER_STATES:
+        for name, tensor in iter_hf_weights(
+            gpt, ctx, MINIMAX_M2_WEIGHTS, tensor_of=state_of(key), skip_unmapped=_is_mtp
+        ):
+            out.setdefault(name, {})[key] = tensor.detach().clone()
+    return out
+
+
+def _is_mtp(canonical_name):
+    return canonical_name.startswith("mtp.")
+
+
+def _load_at_layout(argv, world_size, ckpt_dir, saved):
+    """Build model and optimizer at the layout of ``argv``, load the checkpoint saved at another
+    layout, and compare every optimizer state by HF name with what was saved."""
+    from megatron.core import dist_checkpointing
+
+    args, model, optimizer, _ = setup_training(argv + ["--seed", "4321"], world_size)
+    loaded = dist_checkpointing.load(_sharded_state(model, optimizer, is_loading=True), ckpt_dir)
+    _unwrap(model[0]).load_state_dict(loaded["model"])
+    optimizer.load_state_dict(loaded["optimizer"])
+    restored = _optimizer_states_by_name(args, model, optimizer)
+    teardown_training()
+    mismatched = sorted(
+        f"{name}:{key}"
+        for name, states in restored.items()
+        for key, value in states.items()
+        if not torch.equal(value, saved[name][key])
+    )
+    return {"checked": sorted(restored), "mismatched": mismatched}
+
+
 def _sharded_state(model, optimizer, is_loading=False):
     # As training/checkpointing.py: the unwrapped model's sharded state dict.
     model_sd = _unwrap(model[0]).sharded_state_dict()
@@ -182,8 +265,6 @@ def _checkpoint_round_trip(argv, world_size, model, optimizer, ckpt_dir):
 
 
 def _bf16_mtp_run(world_size, argv, ckpt_dir):
-    from megatron.minimax.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec
-
     args, model, optimizer, scheduler = setup_training(argv, world_size)
     out = {"model": _describe_model(model, optimizer)}
     data = train_iterator(args)
@@ -195,6 +276,7 @@ def _bf16_mtp_run(world_size, argv, ckpt_dir):
     bias_after = _expert_biases(_unwrap(model[0]))
     out["bias_delta"] = {n: (bias_after[n] - bias_before[n]).abs().max().item() for n in bias_after}
     out["stock_save_error"] = _stock_sharded_state_dict_error(model, optimizer)
+    out["optimizer_states"] = _optimizer_states_by_name(args, model, optimizer)
     out["checkpoint"] = _checkpoint_round_trip(argv, world_size, model, optimizer, ckpt_dir)
     return out
 
@@ -248,11 +330,18 @@ def _ws1_worker(rank, world_size, ckpt_dir):
 
 
 def _tp2_worker(rank, world_size, ckpt_dir):
+    tp2_dir = os.path.join(ckpt_dir, "tp2")
+    bf16_mtp = _bf16_mtp_run(world_size, BF16_MTP_RUN + TP2_SP, tp2_dir)
+    saved = bf16_mtp.pop("optimizer_states")
     return {
         "fp32_frozen_bias": _fp32_frozen_bias_run(world_size, FP32_FROZEN_BIAS_RUN + TP2_SP),
-        "bf16_mtp": _bf16_mtp_run(
-            world_size, BF16_MTP_RUN + TP2_SP, os.path.join(ckpt_dir, "tp2")
-        ),
+        "bf16_mtp": bf16_mtp,
+        "saved_optimizer_states": saved,
+        # The TP2 x DP1 checkpoint loaded at TP1 x DP2 and at PP2 x DP1.
+        "loaded_at": {
+            "TP1xDP2": _load_at_layout(BF16_MTP_RUN, world_size, tp2_dir, saved),
+            "PP2": _load_at_layout(BF16_MTP_RUN + PP2, world_size, tp2_dir, saved),
+        },
     }
 
 
@@ -365,3 +454,28 @@ class TestOptimizerCheckpoint:
     def test_router_moments_are_fp32(self, ws1):
         checkpoint = ws1["bf16_mtp"]["checkpoint"]
         assert set(checkpoint["dtypes"].values()) == {torch.float32}
+
+    @pytest.mark.parametrize("layout", ["TP1xDP2", "PP2"])
+    def test_tp2_checkpoint_loads_at_another_layout(self, tp2, layout):
+        saved = tp2[0]["saved_optimizer_states"]
+        checked = set()
+        for rank in tp2:
+            result = rank["loaded_at"][layout]
+            assert result["mismatched"] == [], result["mismatched"][:5]
+            checked |= set(result["checked"])
+        # Every parameter's states, the routers' and the experts' included, were found under
+        # their own names (PP2: each stage holds half of them).
+        assert checked == set(saved)
+        assert {ROUTER.format(0), ROUTER.format(1), EXPERT_W1} <= checked
+
+    def test_saved_states_tell_parameters_apart(self, tp2):
+        # The comparison above would catch states mapped to another parameter of the same shape.
+        saved = tp2[0]["saved_optimizer_states"]
+        router0, router1 = saved[ROUTER.format(0)], saved[ROUTER.format(1)]
+        assert router0["exp_avg"].dtype == torch.float32
+        for key in OPTIMIZER_STATES:
+            assert router0[key].shape == router1[key].shape
+            assert not torch.equal(router0[key], router1[key]), key
+        expert = saved[EXPERT_W1]
+        other = saved[EXPERT_W1.replace("experts.3.", "experts.4.")]
+        assert all(not torch.equal(expert[k], other[k]) for k in OPTIMIZER_STATES)

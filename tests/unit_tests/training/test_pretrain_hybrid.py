@@ -5,7 +5,9 @@ resumed and exported.
 One launch of 2 gloo processes at TP=2 with sequence parallelism runs the path of ``pretrain()``
 (``training_harness``) with our ``HybridModelBuilder`` on a two-layer MiniMax-M2-shaped model
 (pattern ``*E*E``) and mock data: a bf16 run (fp32 router, MTP depth ``/*E``), and an fp32 run that
-trains, saves model and optimizer, trains on, and resumes from the save in a fresh model. The saved
+trains, saves model and optimizer, trains on, and resumes from the save in a fresh model; and the
+tiny FP8 release at TP2 with SP through ``--load-hf-dir`` and through its GPT-layout conversion
+(``--load``), whose first losses must be equal. The saved
 (hybrid-layout) checkpoint is then exported to HF in BF16 and FP8 with ``convert_mcore_to_hf``, and
 transformers' logits on the export are compared with Megatron's on the same weights.
 """
@@ -116,10 +118,37 @@ def _fp32_save_resume_run(world_size, ckpt_dir):
     return {"before": before, "after": after, "resumed": resumed}
 
 
-def _worker(rank, world_size, ckpt_dir):
+def _release_runs(world_size, hf_dir, converted_dir):
+    """The tiny FP8 release at TP2 with SP, filled by ``--load-hf-dir`` and, separately, loaded
+    from its ``hf-to-mcore`` conversion (a GPT-layout checkpoint): one step each."""
+    from megatron.minimax.training.minimax_m2_flags import Layout, minimax_m2_training_flags
+
+    flags, _, _ = minimax_m2_training_flags(tiny_hf_config(), Layout(tp=2), model="hybrid")
+    # The model flags come last: they set the checkpoint's vocabulary.
+    argv = CPU_RUN_ARGS + LR + ["--bf16"] + " ".join(flags).split()
+    out = {}
+    for label, initial_weights in (
+        ("hf", ["--load-hf-dir", str(hf_dir)]),
+        ("converted", ["--load", str(converted_dir), "--finetune", "--no-load-optim"]),
+    ):
+        args, model, optimizer, scheduler, hook = setup_training(
+            argv + initial_weights, world_size, "hybrid", return_hf_initialization=True
+        )
+        data = _repeated_batches(args, train_iterator(args))
+        out[label] = {
+            "loss": run_train_steps(args, model, optimizer, scheduler, data, 1)[0],
+            "read": None if hook is None else hook.report.bytes_read,
+            "class": type(_hybrid(model[0])).__name__,
+        }
+        teardown_training()
+    return out
+
+
+def _worker(rank, world_size, ckpt_dir, hf_dir, converted_dir):
     return {
         "bf16_mtp": _bf16_mtp_run(world_size),
         "fp32": _fp32_save_resume_run(world_size, ckpt_dir),
+        "release": _release_runs(world_size, hf_dir, converted_dir),
     }
 
 
@@ -138,9 +167,11 @@ def _saved_weights_logits_worker(rank, world_size, hf_config, ckpt_dir, tokens):
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, tiny_fp8_checkpoint, converted_fp8_checkpoint):
     ckpt_dir = tmp_path_factory.mktemp("pretrain_hybrid") / "ckpt"
-    results = run_in_processes(_worker, 2, str(ckpt_dir))
+    results = run_in_processes(
+        _worker, 2, str(ckpt_dir), tiny_fp8_checkpoint, converted_fp8_checkpoint
+    )
     return results, ckpt_dir
 
 
@@ -198,6 +229,27 @@ class TestTraining:
             fp32 = rank["fp32"]
             assert len(fp32["resumed"]) == STEPS_AFTER_SAVE
             assert fp32["resumed"] == fp32["after"]
+
+
+class TestLoadHFDir:
+    def test_first_loss_equals_the_converted_checkpoints(self, run):
+        for rank in run[0]:
+            release = rank["release"]
+            assert release["hf"]["class"] == release["converted"]["class"] == "HybridModel"
+            assert release["hf"]["read"] > 0 and release["converted"]["read"] is None
+            assert release["hf"]["loss"] == release["converted"]["loss"], release
+            assert 6.0 < release["hf"]["loss"] < 8.0  # ln(1001) = 6.9 for random weights
+
+    def test_quantization_aware_training_is_refused_in_one_line(self):
+        from megatron.minimax.training.arguments import (
+            hybrid_model_config_from_args,
+            parse_training_args,
+        )
+
+        args = parse_training_args(FP32_RUN + ["--modelopt-recipe", "nvfp4-experts"], 2)
+        with pytest.raises(ValueError, match="runs through pretrain_gpt.py") as error:
+            hybrid_model_config_from_args(args)
+        assert "\n" not in str(error.value)
 
 
 class TestExport:

@@ -10,7 +10,9 @@ process group exists already (``run_in_processes``), and the model-parallel grou
 machine and the RNG tracker are set up here as it would.
 """
 
-from typing import List, Optional
+import argparse
+from dataclasses import dataclass
+from typing import Callable, List, Optional
 
 import torch
 
@@ -74,24 +76,51 @@ CPU_RUN_ARGS = [
 """Data, optimizer and CPU runtime flags: mock data, no fused kernels, CPU initialisation."""
 
 
-def setup_training(argv: List[str], world_size: int, model_class: str = "gpt"):
-    """Parse ``argv`` and build model, optimizer and scheduler as ``pretrain()`` does:
-    ``pretrain_gpt.py`` (``model_class="gpt"``) or ``pretrain_hybrid.py`` (``"hybrid"``).
+@dataclass
+class TrainingSetup:
+    """What ``pretrain()`` holds before its first step."""
 
-    Returns ``(args, model, optimizer, opt_param_scheduler)``.
+    args: argparse.Namespace
+    model: list
+    optimizer: object
+    opt_param_scheduler: object
+    datasets_provider: Callable
+    """``pretrain_gpt.py``'s datasets provider, wrapped by ``--modelopt-recipe`` when given."""
+    hf_initialization: Optional[object]
+    """The ``--load-hf-dir`` hook after it ran (None when not used)."""
+
+
+def setup_training(
+    argv: List[str],
+    world_size: int,
+    model_class: str = "gpt",
+    return_hf_initialization: bool = False,
+):
+    """Parse ``argv`` and build model, optimizer and scheduler as ``pretrain()`` does:
+    ``pretrain_gpt.py`` (``model_class="gpt"``) or ``pretrain_hybrid.py`` (``"hybrid"``),
+    loading ``--load`` and filling from ``--load-hf-dir`` as they do.
+
+    Returns ``(args, model, optimizer, opt_param_scheduler)``, and the ``--load-hf-dir`` hook
+    (None when not used) with ``return_hf_initialization``.
     """
-    args, model, optimizer, opt_param_scheduler, _ = setup_training_with_datasets(
-        argv, world_size, model_class
-    )
-    return args, model, optimizer, opt_param_scheduler
+    run = build_training_setup(argv, world_size, model_class)
+    out = (run.args, run.model, run.optimizer, run.opt_param_scheduler)
+    return out + (run.hf_initialization,) if return_hf_initialization else out
 
 
 def setup_training_with_datasets(argv: List[str], world_size: int, model_class: str = "gpt"):
-    """:func:`setup_training`, wired as ``pretrain_gpt.py`` wires it (``--modelopt-recipe``
-    included), loading ``--load`` as ``pretrain()`` does.
+    """:func:`setup_training`, also returning the datasets provider (``--modelopt-recipe``
+    wraps it).
 
     Returns ``(args, model, optimizer, opt_param_scheduler, datasets_provider)``.
     """
+    run = build_training_setup(argv, world_size, model_class)
+    return run.args, run.model, run.optimizer, run.opt_param_scheduler, run.datasets_provider
+
+
+def build_training_setup(argv: List[str], world_size: int, model_class: str = "gpt"):
+    """The entry points' wiring: model config, ``--load-hf-dir`` hook, ``--modelopt-recipe``,
+    then megatron-training's ``setup_model_and_optimizer``."""
     from megatron.core import parallel_state, tensor_parallel
     from megatron.core.enums import ModelType
     from megatron.core.process_groups_config import ProcessGroupCollection
@@ -107,6 +136,7 @@ def setup_training_with_datasets(argv: List[str], world_size: int, model_class: 
         parse_training_args,
     )
     from megatron.minimax.training.gpt_step import train_valid_test_datasets_provider
+    from megatron.minimax.training.hf_initialization import hf_initialization
     from megatron.minimax.training.optimizer import use_fp32_param_safe_float16_optimizer
 
     args = parse_training_args(argv, world_size=world_size)
@@ -125,6 +155,7 @@ def setup_training_with_datasets(argv: List[str], world_size: int, model_class: 
         model_config = hybrid_model_config_from_args(args)
     else:
         model_config = gpt_model_config_from_args(args)
+    hf_hook = hf_initialization(args, model_config)
     datasets_provider = configure(args, model_config, train_valid_test_datasets_provider)
     cfg = pretrain_cfg_container_from_args(args, model_config)
     model, optimizer, opt_param_scheduler = setup_model_and_optimizer(
@@ -132,7 +163,7 @@ def setup_training_with_datasets(argv: List[str], world_size: int, model_class: 
         cfg_container=cfg,
         pg_collection=ProcessGroupCollection.use_mpu_process_groups(),
     )
-    return args, model, optimizer, opt_param_scheduler, datasets_provider
+    return TrainingSetup(args, model, optimizer, opt_param_scheduler, datasets_provider, hf_hook)
 
 
 def train_iterator(args, datasets_provider=None):

@@ -7,12 +7,15 @@ tensors. Names are patterns with ``{layer}`` and ``{expert}`` fields. Each mappi
 
 * ``to_megatron``/``to_hf``: the full-tensor transform in each direction;
 * ``shard``/``unshard``: how the full tensor splits along its tensor-parallel dimension (plain
-  chunks, except for fused tensors whose parts are split separately).
+  chunks, except for fused tensors whose parts are split separately);
+* ``hf_ranges``/``shard_from_hf``: which part of each HF tensor a rank's piece is made of, and
+  how it is made from those parts alone (a rank reads only what it holds).
 
 One table of mappings serves import, export, RL refit and the parity tools. Sharding *which*
 rank holds *which* piece is read from the live model (see ``model_weights.py``), never from names.
 """
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
@@ -127,6 +130,25 @@ class WeightMapping:
         """Inverse of :meth:`shard` over all ranks' pieces, in rank order."""
         return torch.cat(list(shards), dim=dim)
 
+    def hf_ranges(
+        self, ctx: MappingContext, dim: int, rank: int, size: int, piece_shape: Sequence[int]
+    ) -> Tuple[Tuple[int, int], ...]:
+        """``[start, stop)`` along ``dim`` of each HF tensor (in ``self.hf`` order) that the
+        piece of TP rank ``rank`` of ``size`` (of shape ``piece_shape``) is made of.
+
+        The default is the rank's chunk of every HF tensor, right for tensors that are the same
+        in both layouts (:class:`Rename`).
+        """
+        n = piece_shape[dim]
+        return tuple((rank * n, (rank + 1) * n) for _ in self.hf)
+
+    def shard_from_hf(
+        self, parts: Sequence[torch.Tensor], ctx: MappingContext, dim: int, rank: int, size: int
+    ) -> torch.Tensor:
+        """This rank's piece (:meth:`shard` of the full tensor) from the :meth:`hf_ranges` parts
+        of the HF tensors."""
+        return self.to_megatron(parts, ctx)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.megatron!r} <- {list(self.hf)!r})"
 
@@ -163,6 +185,22 @@ class VocabRows(WeightMapping):
 
     def to_hf(self, tensor, ctx):
         return (tensor[: ctx.vocab_size],)
+
+    def hf_ranges(self, ctx, dim, rank, size, piece_shape):
+        # The rank's rows of the padded vocabulary, less those that are padding.
+        self._check_rows(dim)
+        n = piece_shape[0]
+        return ((min(rank * n, ctx.vocab_size), min((rank + 1) * n, ctx.vocab_size)),)
+
+    def shard_from_hf(self, parts, ctx, dim, rank, size):
+        self._check_rows(dim)
+        (rows,) = parts
+        pad = ctx.padded_vocab_size // size - rows.shape[0]
+        return torch.nn.functional.pad(rows, (0, 0, 0, pad)) if pad else rows
+
+    def _check_rows(self, dim):
+        if dim != 0:
+            raise ValueError(f"{self.megatron}: vocabulary rows split along dim 0, not {dim}")
 
 
 class FusedQKV(WeightMapping):
@@ -204,6 +242,32 @@ class FusedQKV(WeightMapping):
         q, k, v = per_group.split([heads_per_group * head_dim, head_dim, head_dim], dim=1)
         return (q.reshape(-1, hidden), k.reshape(-1, hidden), v.reshape(-1, hidden))
 
+    def hf_ranges(self, ctx, dim, rank, size, piece_shape):
+        # The rank holds whole query groups: their query heads' rows of q, their rows of k, v.
+        groups = self._groups_per_rank(ctx, dim, size)
+        heads_per_group = ctx.num_attention_heads // ctx.num_query_groups
+        q_rows = groups * heads_per_group * ctx.head_dim
+        kv_rows = groups * ctx.head_dim
+        return (
+            (rank * q_rows, (rank + 1) * q_rows),
+            (rank * kv_rows, (rank + 1) * kv_rows),
+            (rank * kv_rows, (rank + 1) * kv_rows),
+        )
+
+    def shard_from_hf(self, parts, ctx, dim, rank, size):
+        groups = self._groups_per_rank(ctx, dim, size)
+        heads = groups * (ctx.num_attention_heads // ctx.num_query_groups)
+        local = dataclasses.replace(ctx, num_attention_heads=heads, num_query_groups=groups)
+        return self.to_megatron(parts, local)
+
+    def _groups_per_rank(self, ctx, dim, size):
+        if dim != 0 or ctx.num_query_groups % size:
+            raise ValueError(
+                f"{self.megatron}: splits by whole query groups along dim 0; got dim {dim}, "
+                f"{ctx.num_query_groups} groups over {size} ranks"
+            )
+        return ctx.num_query_groups // size
+
 
 class GatedFC1(WeightMapping):
     """SwiGLU ``linear_fc1 = cat(gate, up)``. Each TP rank holds ``cat(gate_r, up_r)``."""
@@ -229,6 +293,13 @@ class GatedFC1(WeightMapping):
     def unshard(self, shards, dim):
         halves = [s.chunk(2, dim=0) for s in shards]
         return torch.cat([h[0] for h in halves] + [h[1] for h in halves], dim=0)
+
+    def hf_ranges(self, ctx, dim, rank, size, piece_shape):
+        # The piece is cat(gate_r, up_r): half of its rows come from each.
+        if dim != 0:
+            raise ValueError(f"{self.megatron}: GLU weights split along dim 0, not {dim}")
+        n = piece_shape[0] // 2
+        return ((rank * n, (rank + 1) * n), (rank * n, (rank + 1) * n))
 
 
 class WeightMappingTable:

@@ -176,6 +176,18 @@ class LoadReport:
     hf_tensors_read: List[str]
 
 
+def padded_vocab_rows(chunks: Sequence[torch.nn.Module], tp: int, default: int) -> int:
+    """Padded vocabulary of a live model, from the rows of this rank's piece of the embedding or
+    output layer in one of its chunks (``default`` on a stage that has neither)."""
+    for chunk in chunks:
+        gpt = unwrap_model(chunk)
+        if getattr(gpt, "pre_process", False):
+            return gpt.embedding.word_embeddings.weight.shape[0] * tp
+        if getattr(gpt, "post_process", False):
+            return gpt.output_layer.weight.shape[0] * tp
+    return default
+
+
 @torch.no_grad()
 def load_hf_weights(
     model: torch.nn.Module,
@@ -184,6 +196,7 @@ def load_hf_weights(
     table: WeightMappingTable,
     *,
     allow_unmapped: Callable[[str], bool] = lambda name: False,
+    read_hf_slice: Optional[Callable[[str, int, int, int], torch.Tensor]] = None,
 ) -> LoadReport:
     """Fill this rank's pieces of a model chunk from HF tensors.
 
@@ -195,6 +208,10 @@ def load_hf_weights(
         table: the weight table.
         allow_unmapped: predicate on canonical names (e.g. MTP layers) that may stay as
             initialised; any other tensor without a mapping is an error.
+        read_hf_slice: ``read_hf_slice(name, dim, start, stop)`` returns part of an HF tensor.
+            When given, a tensor-parallel piece is built from the parts of the HF tensors it is
+            made of (``hf_ranges``/``shard_from_hf`` of its mapping), and nothing else of them is
+            requested.
     """
     loaded, unmapped, read = [], [], []
     for mt in model_tensors(model):
@@ -207,11 +224,16 @@ def load_hf_weights(
             raise
         names = mapping.hf_names(**fields)
         read.extend(names)
-        full = mapping.to_megatron([read_hf_tensor(n) for n in names], ctx)
-        piece = full
-        if mt.partition_dim is not None:
-            size, rank = _group_size_rank(mt.tp_group)
-            piece = mapping.shard(full, mt.partition_dim, rank, size)
+        size, rank = _group_size_rank(mt.tp_group)
+        dim = mt.partition_dim
+        if dim is not None and size > 1 and read_hf_slice is not None:
+            ranges = mapping.hf_ranges(ctx, dim, rank, size, tuple(mt.tensor.shape))
+            parts = [read_hf_slice(n, dim, a, b) for n, (a, b) in zip(names, ranges)]
+            piece = mapping.shard_from_hf(parts, ctx, dim, rank, size)
+        else:
+            piece = mapping.to_megatron([read_hf_tensor(n) for n in names], ctx)
+            if dim is not None:
+                piece = mapping.shard(piece, dim, rank, size)
         if piece.shape != mt.tensor.shape:
             raise ValueError(
                 f"{mt.canonical_name} (from {list(names)}): built shape {tuple(piece.shape)}, "

@@ -24,7 +24,7 @@ import torch
 
 from megatron.minimax.checkpoint.fp8_blockwise import quantize_blockwise
 from megatron.minimax.checkpoint.hf_checkpoint import SCALE_SUFFIX
-from megatron.minimax.models.conversion.model_weights import iter_hf_weights, unwrap_model
+from megatron.minimax.models.conversion.model_weights import iter_hf_weights, padded_vocab_rows
 from megatron.minimax.models.minimax_m2.hf_config import GPTModelArgs, padded_vocab_size
 from megatron.minimax.models.minimax_m2.weight_mapping import (
     MINIMAX_M2_WEIGHTS,
@@ -34,18 +34,6 @@ from megatron.minimax.models.minimax_m2.weight_mapping import (
 from megatron.minimax.transformer.transformer_config import TransformerConfig
 
 __all__ = ["export_hf_weights"]
-
-
-def _padded_vocab(chunks, config: TransformerConfig, model_args: GPTModelArgs) -> int:
-    """Padded vocabulary of the live model (the exporter slices rows to the HF vocabulary)."""
-    tp = config.tensor_model_parallel_size
-    for chunk in chunks:
-        gpt = unwrap_model(chunk)
-        if getattr(gpt, "pre_process", False):
-            return gpt.embedding.word_embeddings.num_embeddings * tp
-        if getattr(gpt, "post_process", False):
-            return gpt.output_layer.weight.shape[0] * tp
-    return padded_vocab_size(model_args.vocab_size, tp)
 
 
 def export_hf_weights(
@@ -93,7 +81,10 @@ def export_hf_weights(
         chunks = [model_chunks]
     else:
         chunks = list(model_chunks)
-    ctx = mapping_context(config, model_args, _padded_vocab(chunks, config, model_args))
+    tp = config.tensor_model_parallel_size
+    # The exporter slices the live model's padded rows back to the HF vocabulary.
+    padded = padded_vocab_rows(chunks, tp, padded_vocab_size(model_args.vocab_size, tp))
+    ctx = mapping_context(config, model_args, padded)
 
     def quantized(name: str) -> bool:
         if fmt != "fp8":

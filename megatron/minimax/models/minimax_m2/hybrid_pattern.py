@@ -13,6 +13,8 @@ from typing import Optional, Sequence, Tuple
 
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron.minimax.models.minimax_m2.model import pipeline_stage_layers
+
 DECODER_LAYER_SYMBOLS = "*E"
 """One MiniMax-M2 decoder layer: attention, then MoE."""
 
@@ -44,43 +46,6 @@ def minimax_m2_hybrid_layer_pattern(
     return main + f"/{DECODER_LAYER_SYMBOLS}" * mtp_num_layers
 
 
-def pipeline_stage_layers(
-    num_decoder_layers: int,
-    pipeline_stages: int,
-    first_stage_layers: Optional[int] = None,
-    last_stage_layers: Optional[int] = None,
-) -> list:
-    """Decoder layers per pipeline stage, megatron's way: the first and last stages as given, the
-    rest split evenly (62 over 4 with 15 and 15: ``[15, 16, 16, 15]``).
-
-    Raises:
-        ValueError: the middle layers do not split evenly, or a stage would be empty.
-    """
-    first = first_stage_layers
-    last = last_stage_layers
-    fixed = [n for n in (first, last) if n is not None]
-    middle_stages = pipeline_stages - len(fixed)
-    middle_layers = num_decoder_layers - sum(fixed)
-    if pipeline_stages < 1 or middle_stages < 0 or (middle_stages == 0 and middle_layers != 0):
-        raise ValueError(
-            f"{num_decoder_layers} layers cannot fill {pipeline_stages} pipeline stages with "
-            f"first={first} and last={last}"
-        )
-    if middle_stages and middle_layers % middle_stages:
-        raise ValueError(
-            f"{middle_layers} middle layers do not split evenly over {middle_stages} stages"
-        )
-    per_middle = middle_layers // middle_stages if middle_stages else 0
-    stages = [per_middle] * middle_stages
-    if first is not None:
-        stages.insert(0, first)
-    if last is not None:
-        stages.append(last)
-    if min(stages) < 1:
-        raise ValueError(f"pipeline stages {stages} leave a stage without layers")
-    return stages
-
-
 def minimax_m2_hybrid_config(config: TransformerConfig) -> Tuple[TransformerConfig, str]:
     """The hybrid model equal to the GPT model of ``config``: its ``TransformerConfig`` and its
     ``hybrid_layer_pattern``.
@@ -90,7 +55,8 @@ def minimax_m2_hybrid_config(config: TransformerConfig) -> Tuple[TransformerConf
     pattern's ``|`` cuts (megatron-core refuses both).
 
     Raises:
-        ValueError: the split of ``config`` is impossible (see :func:`pipeline_stage_layers`).
+        ValueError: the split of ``config`` is impossible (see
+            :func:`~megatron.minimax.models.minimax_m2.model.pipeline_stage_layers`).
     """
     stages = pipeline_stage_layers(
         config.num_layers,

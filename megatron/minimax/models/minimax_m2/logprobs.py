@@ -26,7 +26,11 @@ import torch.distributed
 from megatron.core import parallel_state
 from megatron.core.pipeline_parallel import get_forward_backward_func
 
-from megatron.minimax.models.minimax_m2.parity import LoadedModel
+from megatron.minimax.models.minimax_m2.parity import (
+    LoadedModel,
+    pad_for_sequence_parallel,
+    position_ids,
+)
 
 LOGPROBS_ATOL = 1e-4
 """Max |Megatron - HF| fp32 log-probability difference the checks accept."""
@@ -107,10 +111,6 @@ def hf_log_probs(model, tokens: torch.Tensor) -> torch.Tensor:
     return log_probs_from_logits(model(input_ids=tokens).logits, tokens)
 
 
-def _position_ids(tokens: torch.Tensor) -> torch.Tensor:
-    return torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
-
-
 def megatron_log_probs(
     loaded: LoadedModel, tokens: torch.Tensor, micro_batch_size: Optional[int] = None
 ) -> torch.Tensor:
@@ -118,7 +118,9 @@ def megatron_log_probs(
 
     The batch runs through megatron-core's forward-only pipeline schedule in micro-batches; the
     last pipeline stage turns its vocab-parallel logits into log-probabilities, which are then
-    broadcast to every stage. Collective over the default process group.
+    broadcast to every stage. Any sequence length works with sequence parallelism (the padding of
+    :func:`~megatron.minimax.models.minimax_m2.parity.pad_for_sequence_parallel` is never
+    scored). Collective over the default process group.
 
     Args:
         loaded: this rank's model chunk at the current layout.
@@ -138,17 +140,18 @@ def megatron_log_probs(
         raise ValueError(f"micro_batch_size {micro_batch_size} does not divide the batch {batch}")
     device = next(model.parameters()).device
     tokens = tokens.to(device)
+    padded = pad_for_sequence_parallel(tokens, loaded.layout)
     vocab = loaded.model_args.vocab_size
     tp_group = parallel_state.get_tensor_model_parallel_group()
 
     def forward_step(data_iterator, model_chunk):
         micro_batch = next(data_iterator)
-        output = model_chunk(micro_batch, _position_ids(micro_batch), None)
+        output = model_chunk(micro_batch, position_ids(micro_batch), None)
 
         def score(logits_local, non_loss_data=False):
-            # [mb, s, V/tp] -> [mb, s-1]
+            # [mb, s_padded, V/tp] -> [mb, s-1]
             return vocab_parallel_log_probs(
-                logits_local[:, :-1], micro_batch[:, 1:], vocab, tp_group
+                logits_local[:, : seq - 1], micro_batch[:, 1:seq], vocab, tp_group
             )
 
         return output, score
@@ -157,10 +160,10 @@ def megatron_log_probs(
     with torch.no_grad():
         collected: List[torch.Tensor] = get_forward_backward_func()(
             forward_step_func=forward_step,
-            data_iterator=iter(tokens.split(micro_batch_size)),
+            data_iterator=iter(padded.split(micro_batch_size)),
             model=[model],
             num_microbatches=batch // micro_batch_size,
-            seq_length=seq,
+            seq_length=padded.shape[1],
             micro_batch_size=micro_batch_size,
             forward_only=True,
             collect_non_loss_data=True,

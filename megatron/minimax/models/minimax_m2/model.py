@@ -1,7 +1,7 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
 """Build a MiniMax-M2 ``GPTModel`` or ``HybridModel`` for this process's pipeline stage."""
 
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
@@ -40,6 +40,44 @@ def _stage_defaults(
     if post_process is None:
         post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
     return use_transformer_engine, pre_process, post_process
+def pipeline_stage_layers(
+    num_layers: int,
+    pp: int,
+    first_stage_layers: Optional[int] = None,
+    last_stage_layers: Optional[int] = None,
+) -> List[int]:
+    """Decoder layers on each of ``pp`` pipeline stages, as megatron-core places them
+    (``num_layers_in_first_pipeline_stage``/``num_layers_in_last_pipeline_stage``; the other
+    stages share the rest evenly).
+
+    Raises:
+        ValueError: one line naming the impossible split (in terms of the tools' ``--pp`` and
+            ``--first-stage-layers``/``--last-stage-layers`` flags).
+    """
+    uneven = (first_stage_layers, last_stage_layers)
+    if uneven == (None, None):
+        if num_layers % pp:
+            raise ValueError(
+                f"--pp {pp} does not divide num_layers {num_layers} (give "
+                "--first-stage-layers/--last-stage-layers for uneven stages)"
+            )
+        return [num_layers // pp] * pp
+    if pp < 2:
+        raise ValueError("--first-stage-layers/--last-stage-layers need --pp >= 2")
+    fixed = [n for n in uneven if n is not None]
+    if any(n < 1 for n in fixed):
+        raise ValueError(f"pipeline stages need at least one layer, got {uneven}")
+    middle_stages = pp - len(fixed)
+    rest = num_layers - sum(fixed)
+    if rest < 0 or (middle_stages == 0 and rest) or (middle_stages and rest % middle_stages):
+        raise ValueError(
+            f"num_layers {num_layers} minus first/last stage layers {uneven} does not split "
+            f"evenly over the other {middle_stages} pipeline stages"
+        )
+    middle = [rest // middle_stages] * middle_stages if middle_stages else []
+    first = [first_stage_layers] if first_stage_layers is not None else []
+    last = [last_stage_layers] if last_stage_layers is not None else []
+    return first + middle + last
 
 
 def build_minimax_m2_model(

@@ -32,6 +32,7 @@ from megatron.minimax.models.minimax_m2.hybrid_pattern import minimax_m2_hybrid_
 from megatron.minimax.models.minimax_m2.model import (
     build_minimax_m2_hybrid_model,
     build_minimax_m2_model,
+    pipeline_stage_layers,
 )
 from megatron.minimax.models.minimax_m2.weight_mapping import MINIMAX_M2_WEIGHTS, mapping_context
 from megatron.minimax.transformer.transformer_config import TransformerConfig
@@ -56,6 +57,10 @@ class ParallelLayout:
     etp: Optional[int] = None
     sequence_parallel: Optional[bool] = None
     """Default: on whenever tp > 1 (megatron-core requires it to train MoE with TP)."""
+    first_stage_layers: Optional[int] = None
+    """Decoder layers on the first pipeline stage (uneven pipelines), else an even split."""
+    last_stage_layers: Optional[int] = None
+    """Decoder layers on the last pipeline stage (uneven pipelines), else an even split."""
 
     @property
     def expert_tp(self) -> int:
@@ -68,7 +73,9 @@ class ParallelLayout:
     def __str__(self) -> str:
         parts = [f"TP{self.tp}"]
         if self.pp > 1:
-            parts.append(f"PP{self.pp}")
+            uneven = (self.first_stage_layers, self.last_stage_layers)
+            stages = "" if uneven == (None, None) else f"[first={uneven[0]},last={uneven[1]}]"
+            parts.append(f"PP{self.pp}{stages}")
         if self.ep > 1:
             parts.append(f"EP{self.ep}")
         if self.etp is not None and self.etp != self.tp:
@@ -76,6 +83,21 @@ class ParallelLayout:
         if self.sp and self.tp > 1:
             parts.append("SP")
         return "x".join(parts)
+
+    def config_overrides(self) -> Dict:
+        """The ``TransformerConfig`` fields of this layout."""
+        overrides = dict(
+            tensor_model_parallel_size=self.tp,
+            pipeline_model_parallel_size=self.pp,
+            expert_model_parallel_size=self.ep,
+            expert_tensor_parallel_size=self.expert_tp,
+            sequence_parallel=self.sp,
+        )
+        if self.first_stage_layers is not None:
+            overrides["num_layers_in_first_pipeline_stage"] = self.first_stage_layers
+        if self.last_stage_layers is not None:
+            overrides["num_layers_in_last_pipeline_stage"] = self.last_stage_layers
+        return overrides
 
     def validate(self, world_size: int, hf: Dict, backend: Optional[str] = None) -> None:
         """Raise ``ValueError`` naming the violated constraint.
@@ -90,11 +112,13 @@ class ParallelLayout:
             (hf["num_key_value_heads"], self.tp, "num_key_value_heads", "TP"),
             (hf["num_local_experts"], self.ep, "num_local_experts", "EP"),
             (hf["intermediate_size"], self.expert_tp, "intermediate_size", "ETP"),
-            (hf["num_hidden_layers"], self.pp, "num_hidden_layers", "PP"),
         ]
         for total, parts, what, how in checks:
             if total % parts:
                 raise ValueError(f"{how}={parts} does not divide {what}={total}")
+        pipeline_stage_layers(
+            hf["num_hidden_layers"], self.pp, self.first_stage_layers, self.last_stage_layers
+        )
         model_parallel = self.tp * self.pp
         if world_size % model_parallel:
             raise ValueError(f"world size {world_size} is not divisible by TP*PP = {model_parallel}")
@@ -147,6 +171,7 @@ def build_from_hf(
     params_dtype: torch.dtype = torch.float32,
     use_transformer_engine: bool = False,
     model: str = "gpt",
+    read_hf_slice: Optional[Callable[[str, int, int, int], torch.Tensor]] = None,
     **config_overrides,
 ) -> LoadedModel:
     """Build this rank's MiniMax-M2 chunk at ``layout`` (already initialised) and load weights.
@@ -159,16 +184,14 @@ def build_from_hf(
         use_transformer_engine: TE spec (GPU only) instead of the local spec.
         model: ``"gpt"`` (``GPTModel``) or ``"hybrid"`` (``HybridModel``, pattern ``*E`` per
             layer); the same weights either way.
+        read_hf_slice: ``read_hf_slice(name, dim, start, stop)``, part of an HF tensor; when
+            given, tensor-parallel pieces are read as parts (see ``load_hf_weights``).
         config_overrides: other ``TransformerConfig`` fields.
     """
     if model not in MODEL_CLASSES:
         raise ValueError(f"model must be one of {MODEL_CLASSES}, got {model!r}")
     overrides = dict(
-        tensor_model_parallel_size=layout.tp,
-        pipeline_model_parallel_size=layout.pp,
-        expert_model_parallel_size=layout.ep,
-        expert_tensor_parallel_size=layout.expert_tp,
-        sequence_parallel=layout.sp,
+        layout.config_overrides(),
         params_dtype=params_dtype,
         bf16=params_dtype == torch.bfloat16,
         pipeline_dtype=params_dtype,
@@ -192,7 +215,9 @@ def build_from_hf(
     padded = padded_vocab_size(model_args.vocab_size, layout.tp)
     ctx = mapping_context(config, model_args, padded)
     if read_hf_tensor is not None:
-        load_hf_weights(core_model, read_hf_tensor, ctx, MINIMAX_M2_WEIGHTS)
+        load_hf_weights(
+            core_model, read_hf_tensor, ctx, MINIMAX_M2_WEIGHTS, read_hf_slice=read_hf_slice
+        )
     return LoadedModel(core_model, config, model_args, ctx, layout, pattern)
 
 
@@ -294,6 +319,7 @@ def build_for_comparison(
     layout: ParallelLayout,
     load_dir=None,
     model: str = "gpt",
+    read_hf_slice: Optional[Callable[[str, int, int, int], torch.Tensor]] = None,
 ) -> Tuple[LoadedModel, Optional[torch.dtype]]:
     """What the parity tools compare against an fp32 HF reference: the model at ``layout``
     (initialised here) built by :func:`build_from_dist_checkpoint` when ``load_dir`` is given,
@@ -305,7 +331,12 @@ def build_for_comparison(
     """
     if load_dir is None:
         initialize_layout(layout)
-        return build_from_hf(hf_config, read_hf_tensor, layout, model=model), None
+        return (
+            build_from_hf(
+                hf_config, read_hf_tensor, layout, model=model, read_hf_slice=read_hf_slice
+            ),
+            None,
+        )
     rounding = reference_rounding(load_dir)
     initialize_layout(layout)
     return build_from_dist_checkpoint(hf_config, load_dir, layout, model=model), rounding
@@ -318,23 +349,45 @@ def _gather_vocab(logits_local: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return gather_from_tensor_model_parallel_region(logits_local)[..., :vocab_size]
 
 
-def _position_ids(tokens: torch.Tensor) -> torch.Tensor:
+def position_ids(tokens: torch.Tensor) -> torch.Tensor:
+    """``[b, s]`` positions ``0..s-1`` of a batch of sequences."""
     return torch.arange(tokens.shape[1], device=tokens.device).unsqueeze(0).expand_as(tokens)
 
 
+def pad_for_sequence_parallel(tokens: torch.Tensor, layout: ParallelLayout) -> torch.Tensor:
+    """``tokens`` ``[b, s]`` padded at the end to a multiple of the TP size when sequence
+    parallelism splits the sequence over TP ranks (else returned as is).
+
+    The padding tokens come after every real one, so under causal attention they change no
+    real position's output; callers cut outputs back to the first ``s`` positions (logits,
+    losses and log-probabilities never see the padding). MoE routing is dropless, so the extra
+    tokens take no expert capacity from real ones.
+    """
+    length = tokens.shape[1]
+    if not (layout.sp and layout.tp > 1) or length % layout.tp == 0:
+        return tokens
+    pad = layout.tp - length % layout.tp
+    return torch.nn.functional.pad(tokens, (0, pad), value=0)
+
+
 def megatron_logits(loaded: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
-    """fp32 logits ``[b, s, vocab]`` of the whole (pipelined) model, returned on every rank."""
-    model, config = loaded.model, loaded.config
+    """fp32 logits ``[b, s, vocab]`` of the whole (pipelined) model, returned on every rank.
+
+    Any sequence length works with sequence parallelism (see :func:`pad_for_sequence_parallel`).
+    """
+    model = loaded.model
     device = next(model.parameters()).device
     tokens = tokens.to(device)
+    length = tokens.shape[1]
+    padded = pad_for_sequence_parallel(tokens, loaded.layout)
     vocab = loaded.model_args.vocab_size
 
     def forward_step(data_iterator, model_chunk):
         batch = next(data_iterator)
-        output = model_chunk(batch, _position_ids(batch), None)
+        output = model_chunk(batch, position_ids(batch), None)
 
         def keep_logits(output_tensor, non_loss_data=False):
-            return _gather_vocab(output_tensor, vocab).float()
+            return _gather_vocab(output_tensor, vocab)[:, :length].float()
 
         return output, keep_logits
 
@@ -342,11 +395,11 @@ def megatron_logits(loaded: LoadedModel, tokens: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         collected = get_forward_backward_func()(
             forward_step_func=forward_step,
-            data_iterator=iter([tokens]),
+            data_iterator=iter([padded]),
             model=[model],
             num_microbatches=1,
-            seq_length=tokens.shape[1],
-            micro_batch_size=tokens.shape[0],
+            seq_length=padded.shape[1],
+            micro_batch_size=padded.shape[0],
             forward_only=True,
             collect_non_loss_data=True,
         )
@@ -369,40 +422,113 @@ def next_token_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     )
 
 
-def megatron_gradients(
-    loaded: LoadedModel, tokens: torch.Tensor
-) -> Tuple[float, Dict[str, torch.Tensor]]:
-    """One forward/backward of :func:`next_token_loss` through Megatron's DDP and
-    ``finalize_model_grads`` (the training gradient path), returned as HF-named full gradients.
+def data_parallel_share(tokens: torch.Tensor) -> torch.Tensor:
+    """This data-parallel rank's contiguous share of a global batch ``[B, s]`` (``B / DP``
+    sequences; every rank of a model-parallel group gets the same share).
 
-    Supports TP/SP/EP layouts without pipeline parallelism.
+    Raises:
+        ValueError: the data-parallel size does not divide ``B``.
+    """
+    size = parallel_state.get_data_parallel_world_size()
+    rank = parallel_state.get_data_parallel_rank()
+    if tokens.shape[0] % size:
+        raise ValueError(
+            f"the batch of {tokens.shape[0]} sequences does not split over {size} data-parallel "
+            "ranks"
+        )
+    return tokens.chunk(size)[rank]
+
+
+def megatron_gradients(
+    loaded: LoadedModel, tokens: torch.Tensor, micro_batch_size: int = 1
+) -> Tuple[float, Dict[str, torch.Tensor]]:
+    """The training gradient path on a global batch: every parameter's gradient of the mean
+    next-token loss over ``tokens``, as HF-named full tensors.
+
+    ``tokens`` ``[B, s]`` is the same on every rank. Each data-parallel rank takes its own share
+    (:func:`data_parallel_share`) and runs it in micro-batches of ``micro_batch_size`` through
+    megatron-core's pipeline schedule (forward and backward; 1F1B with pipeline parallelism);
+    Megatron's DDP and ``finalize_model_grads`` then reduce over data-, tensor-, sequence- and
+    expert-data-parallel ranks. With equal token counts per sequence that is the gradient of
+    the mean loss over the whole batch, which is what an HF model computes on all of ``tokens``.
+
+    Returns:
+        ``(loss, gradients)``: the mean loss over the whole batch (on every rank) and the
+        HF-named gradients of this rank's pipeline stage (the same on every rank of the stage).
     """
     from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
     from megatron.core.distributed import finalize_model_grads
 
-    if loaded.layout.pp != 1:
-        raise ValueError("megatron_gradients supports pipeline_model_parallel_size=1 only")
+    share = data_parallel_share(tokens)
+    if share.shape[0] % micro_batch_size:
+        raise ValueError(
+            f"micro_batch_size {micro_batch_size} does not divide the {share.shape[0]} sequences "
+            "of a data-parallel rank"
+        )
+    config = loaded.config
     ddp = DistributedDataParallel(
-        loaded.config,
+        config,
         DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False),
         loaded.model,
     )
     ddp.train()
     ddp.zero_grad_buffer()
     device = next(ddp.parameters()).device
-    tokens = tokens.to(device)
-    logits_local = ddp(tokens, _position_ids(tokens), None)
-    loss = next_token_loss(_gather_vocab(logits_local, loaded.model_args.vocab_size), tokens)
-    loss.backward()
-    ddp.finish_grad_sync()
-    finalize_model_grads([ddp])
+    micro_batches = [
+        (micro_batch, pad_for_sequence_parallel(micro_batch, loaded.layout))
+        for micro_batch in share.to(device).split(micro_batch_size)
+    ]
+    vocab = loaded.model_args.vocab_size
+
+    def forward_step(data_iterator, model_chunk):
+        micro_batch, padded = next(data_iterator)
+        output = model_chunk(padded, position_ids(padded), None)
+
+        def loss_func(logits_local):
+            logits = _gather_vocab(logits_local, vocab)[:, : micro_batch.shape[1]]
+            loss = next_token_loss(logits, micro_batch)
+            # A copy: the schedule divides the returned loss in place by the micro-batch count.
+            return loss, {"loss": loss.detach().clone()}
+
+        return output, loss_func
+
+    saved = config.finalize_model_grads_func, config.no_sync_func, config.grad_scale_func
+    config.finalize_model_grads_func, config.no_sync_func = finalize_model_grads, ddp.no_sync
+    config.grad_scale_func = None
+    try:
+        reported = get_forward_backward_func()(
+            forward_step_func=forward_step,
+            data_iterator=iter(micro_batches),
+            model=[ddp],
+            num_microbatches=len(micro_batches),
+            seq_length=micro_batches[0][1].shape[1],
+            micro_batch_size=micro_batch_size,
+            forward_only=False,
+        )
+    finally:
+        config.finalize_model_grads_func, config.no_sync_func, config.grad_scale_func = saved
+
+    # Mean over micro-batches, then over data-parallel ranks, then sent to every stage.
+    loss = torch.zeros(1, dtype=torch.float64, device=device)
+    if parallel_state.is_pipeline_last_stage(ignore_virtual=True):
+        loss += torch.stack([r["loss"].double() for r in reported]).mean()
+    torch.distributed.all_reduce(loss, group=parallel_state.get_data_parallel_group())
+    loss /= parallel_state.get_data_parallel_world_size()
+    torch.distributed.broadcast(
+        loss,
+        src=parallel_state.get_pipeline_model_parallel_last_rank(),
+        group=parallel_state.get_pipeline_model_parallel_group(),
+    )
 
     def grad_of(tensor):
         if not isinstance(tensor, torch.nn.Parameter):
             return None  # buffers (router.expert_bias) have no gradient
         return tensor.main_grad
 
-    grads = {name: g.cpu() for name, g in iter_hf_weights(ddp, loaded.ctx, MINIMAX_M2_WEIGHTS, tensor_of=grad_of)}
+    grads = {
+        name: g.cpu()
+        for name, g in iter_hf_weights(ddp, loaded.ctx, MINIMAX_M2_WEIGHTS, tensor_of=grad_of)
+    }
     return loss.item(), grads
 
 

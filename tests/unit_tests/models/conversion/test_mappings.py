@@ -1,6 +1,7 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
 """HF <-> Megatron weight mappings and the MiniMax-M2 weight table."""
 
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -396,3 +397,59 @@ class TestMinimaxM2TableExhaustive:
         assert len(set(megatron_names)) == len(megatron_names)
         for (mapping, fields), name in zip(expanded, megatron_names):
             assert MINIMAX_M2_WEIGHTS.resolve_megatron(name) == (mapping, fields)
+
+
+class TestShardFromHFParts:
+    """A rank's piece from the parts of the HF tensors its mapping names (what it reads at
+    training start) equals the same rank's share of the full tensor."""
+
+    CTX = MappingContext(
+        num_attention_heads=8, num_query_groups=4, head_dim=3, vocab_size=13, padded_vocab_size=16
+    )
+
+    @staticmethod
+    def _hf_tensors(mapping, ctx, hidden=8):
+        gen = torch.Generator().manual_seed(0)
+        if isinstance(mapping, FusedQKV):
+            kv_rows = ctx.num_query_groups * ctx.head_dim
+            rows = [ctx.num_attention_heads * ctx.head_dim, kv_rows, kv_rows]
+        elif isinstance(mapping, VocabRows):
+            rows = [ctx.vocab_size]
+        elif isinstance(mapping, GatedFC1):
+            rows = [8, 8]
+        else:
+            rows = [8]
+        return [torch.randn(r, hidden, generator=gen) for r in rows]
+
+    @pytest.mark.parametrize("size", [1, 2, 4])
+    @pytest.mark.parametrize(
+        "mapping, dim",
+        [
+            (FusedQKV("qkv", q="q", k="k", v="v"), 0),
+            (GatedFC1("fc1", gate="g", up="u"), 0),
+            (VocabRows("emb", "e"), 0),
+            (Rename("proj", "o"), 1),
+            (Rename("proj", "o"), 0),
+        ],
+        ids=["qkv", "fc1", "vocab", "row-parallel", "column-parallel"],
+    )
+    def test_piece_from_parts_equals_share_of_full(self, mapping, dim, size):
+        hf = self._hf_tensors(mapping, self.CTX)
+        full = mapping.to_megatron(hf, self.CTX)
+        for rank in range(size):
+            expected = mapping.shard(full, dim, rank, size)
+            ranges = mapping.hf_ranges(self.CTX, dim, rank, size, tuple(expected.shape))
+            parts = [t.narrow(dim, a, b - a) for t, (a, b) in zip(hf, ranges)]
+            piece = mapping.shard_from_hf(parts, self.CTX, dim, rank, size)
+            assert torch.equal(piece, expected), (rank, size)
+            # Each part is a strict share of its HF tensor when the tensor is split.
+            if size > 1:
+                assert all(b - a < t.shape[dim] for t, (a, b) in zip(hf, ranges))
+
+    def test_vocab_rank_of_padding_only_reads_nothing(self):
+        ctx = dataclasses.replace(self.CTX, vocab_size=5)
+        mapping = VocabRows("emb", "e")
+        ((start, stop),) = mapping.hf_ranges(ctx, 0, 3, 4, (4, 2))
+        assert start == stop == 5
+        piece = mapping.shard_from_hf([torch.zeros(0, 2)], ctx, 0, 3, 4)
+        assert torch.equal(piece, torch.zeros(4, 2))

@@ -35,12 +35,20 @@ LOGITS_LAYOUTS = [
     ParallelLayout(tp=2, ep=2, etp=1),
 ]
 GPT_IDENTITY_LAYOUTS = [ParallelLayout(), ParallelLayout(tp=2, ep=2, etp=1)]
-GRADIENT_LAYOUTS = [ParallelLayout(), ParallelLayout(tp=2, sequence_parallel=True)]
+GRADIENT_LAYOUTS = [
+    ParallelLayout(),  # DP4
+    ParallelLayout(tp=2, sequence_parallel=True),  # DP2
+    ParallelLayout(pp=2),  # DP2, 2 micro-batches per rank through 1F1B
+]
 CHECKPOINT_LAYOUTS = [ParallelLayout(tp=2, ep=2, etp=1), ParallelLayout(pp=2)]
 
 
+BATCH, SEQ_LENGTH = 4, 13  # one sequence per data-parallel rank at DP4; 13 is prime (SP pads)
+
+
 def _tokens(vocab_size: int) -> torch.Tensor:
-    return torch.randint(0, vocab_size, (2, 16), generator=torch.Generator().manual_seed(3))
+    generator = torch.Generator().manual_seed(3)
+    return torch.randint(0, vocab_size, (BATCH, SEQ_LENGTH), generator=generator)
 
 
 def _export(loaded):
@@ -59,6 +67,8 @@ def _export(loaded):
 
 
 def _worker(rank, world_size, hf_dir, converted_dir):
+    from megatron.core import parallel_state
+
     from megatron.minimax.checkpoint.hf_checkpoint import HFCheckpoint
     from megatron.minimax.models.minimax_m2 import parity
 
@@ -102,7 +112,12 @@ def _worker(rank, world_size, hf_dir, converted_dir):
         loss, grads = parity.megatron_gradients(
             parity.build_from_hf(hf_config, read, layout, model="hybrid"), tokens
         )
-        out["grads"][str(layout)] = (loss, grads) if rank == 0 else None
+        # One rank per pipeline stage reports its stage's gradients (the same on its TP/DP peers).
+        reports = (
+            parallel_state.get_data_parallel_rank() == 0
+            and parallel_state.get_tensor_model_parallel_rank() == 0
+        )
+        out["grads"][str(layout)] = (loss, grads if reports else {})
     for layout in CHECKPOINT_LAYOUTS:
         loaded, rounding = parity.build_for_comparison(
             hf_config, read, layout, load_dir=converted_dir, model="hybrid"
@@ -114,7 +129,18 @@ def _worker(rank, world_size, hf_dir, converted_dir):
 
 @pytest.fixture(scope="module")
 def results(tiny_fp8_checkpoint, converted_fp8_checkpoint):
-    return run_in_processes(_worker, WORLD_SIZE, tiny_fp8_checkpoint, converted_fp8_checkpoint)[0]
+    ranks = run_in_processes(_worker, WORLD_SIZE, tiny_fp8_checkpoint, converted_fp8_checkpoint)
+    out = ranks[0]
+    for layout in GRADIENT_LAYOUTS:
+        grads = {}
+        for rank_out in ranks:
+            stage = rank_out["grads"][str(layout)][1]
+            overlap = set(grads) & set(stage)
+            assert not overlap, f"{layout}: two stages report {sorted(overlap)[:3]}"
+            grads.update(stage)
+        losses = [rank_out["grads"][str(layout)][0] for rank_out in ranks]
+        out["grads"][str(layout)] = (losses, grads)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -164,9 +190,10 @@ def test_export_hf_weights_equals_the_gpt_model_export(results, layout, fmt):
 
 @pytest.mark.parametrize("layout", GRADIENT_LAYOUTS, ids=str)
 def test_every_gradient_matches_hf(results, hf_model, tokens, layout):
-    loss, grads = results["grads"][str(layout)]
+    losses, grads = results["grads"][str(layout)]
     ref_loss, ref_grads = hf_gradients(hf_model, tokens)
-    assert abs(loss - ref_loss) <= LOSS_ATOL
+    assert all(abs(loss - ref_loss) <= LOSS_ATOL for loss in losses)
+    # Names must match exactly: every HF parameter, from every pipeline stage, exactly once.
     errors = compare_gradients(grads, ref_grads)
     worst = max(errors, key=errors.get)
     assert errors[worst] <= GRAD_RTOL, (worst, errors[worst])
