@@ -26,7 +26,6 @@ import contextlib
 import importlib
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import NoReturn
 
@@ -135,11 +134,7 @@ def fail(message: str) -> NoReturn:
 def import_modelopt() -> None:
     """modelopt, or one line naming the requirement (its import also needs ``requests``)."""
     try:
-        with warnings.catch_warnings():
-            # MiniMaxM2ForCausalLM needs a newer transformers than modelopt's tested matrix;
-            # this tool does not use modelopt's HF integration, which the warning is about.
-            warnings.filterwarnings("ignore", message=r"transformers \S+ is not tested")
-            importlib.import_module("modelopt.torch.quantization")
+        importlib.import_module("modelopt.torch.quantization")
     except ImportError as e:
         fail(
             f"nvidia-modelopt is not importable ({e}); install {MODELOPT_REQUIREMENT} and requests"

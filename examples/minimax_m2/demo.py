@@ -240,7 +240,13 @@ def main() -> int:
 def _run_tool(*args) -> None:
     import subprocess
 
-    subprocess.run([sys.executable, *args], check=True, stdout=subprocess.DEVNULL)
+    # The tools' results and progress notes are not the demo's; their stderr shows on failure.
+    proc = subprocess.run(
+        [sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    if proc.returncode:
+        sys.stderr.write(proc.stderr)
+        raise subprocess.CalledProcessError(proc.returncode, args)
 
 
 def convert_and_check(hf_dir: Path, work: Path) -> bool:

@@ -233,10 +233,19 @@ _UNACTIONABLE_WARNINGS = (
     "The argument order of load has been changed",
     "Please use DTensor instead and we are deprecating ShardedTensor",
     "torch.distributed is disabled, unavailable or uninitialized",
-    # nvidia-modelopt's import: its own version matrix, and a torch deprecation it triggers.
+    # torch, inside nvidia-modelopt: a deprecation its import triggers, and its Megatron
+    # plugin's read of the quantizer state it serialized itself (never written through).
     "`torch.jit.script` is deprecated",
+    "The given buffer is not writable",
 )
 """Starts of the warning messages that :func:`quiet_library_notices` drops."""
+
+_UNACTIONABLE_WARNING_PATTERNS = (
+    # nvidia-modelopt's import: MiniMaxM2ForCausalLM needs a newer transformers than modelopt's
+    # tested matrix, and the warning concerns modelopt's HF integration, which no tool uses.
+    r"transformers \S+ is not tested with current version of modelopt",
+)
+"""Regular expressions for the starts of further messages it drops (they name versions)."""
 
 _UNACTIONABLE_LOG_RECORDS = {
     # torch: no GPU on this machine.
@@ -264,10 +273,13 @@ def quiet_library_notices() -> None:
     rest of the process (call it first thing in a tool's ``main``; forked workers inherit it):
     megatron-core's import-time warnings about optional packages (TE, Apex, absl), its
     ``GPTModel`` deprecation notice, torch's note that there is no CUDA runtime (``CUDA_HOME``),
-    and deprecations of torch APIs inside megatron-core (:data:`_UNACTIONABLE_WARNINGS`,
+    deprecations of torch APIs inside megatron-core and nvidia-modelopt, and modelopt's
+    version-matrix notice (:data:`_UNACTIONABLE_WARNINGS`, :data:`_UNACTIONABLE_WARNING_PATTERNS`,
     :data:`_UNACTIONABLE_LOG_RECORDS`). Every other warning, ours included, is still shown."""
     for start in _UNACTIONABLE_WARNINGS:
         warnings.filterwarnings("ignore", message=re.escape(start))
+    for pattern in _UNACTIONABLE_WARNING_PATTERNS:
+        warnings.filterwarnings("ignore", message=pattern)
     for name, starts in _UNACTIONABLE_LOG_RECORDS.items():
         logging.getLogger(name).addFilter(_DropMessages(*starts))
 

@@ -17,6 +17,7 @@ def test_quiet_library_notices_keeps_real_warnings():
         import megatron.core.models.gpt.gpt_model  # import-time notices (TE, Apex, absl, CUDA)
         logging.getLogger("megatron.core.models.gpt.gpt_model").warning("GPTModel IS DEPRECATED.")
         warnings.warn("Apex is not installed. Falling back to Torch Norm")
+        import modelopt.torch.quantization  # its version-matrix notice, torch.jit deprecation
         # Real ones stay: another warning, ours, and other records of the same loggers.
         warnings.warn("a real warning")
         logging.getLogger("megatron.minimax.checkpoint").warning("NaN/Inf in 1 tensors")

@@ -54,6 +54,9 @@ class QuantSequentialExperts(_MegatronSequentialMLP):
                 expert_model_parallel_group=self.ep_group,
             )
         for expert in self.local_experts:
+            # The expert MLP (converted after this module) holds no quantizer itself; giving it
+            # the experts' groups keeps modelopt from falling back to the default process group.
+            expert._parallel_state = self.parallel_state
             expert.linear_fc1._parallel_state = self.parallel_state
             expert.linear_fc2._parallel_state = self.parallel_state
         device = next(self.parameters()).device
