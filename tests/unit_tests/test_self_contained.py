@@ -13,8 +13,9 @@ import pytest
 
 TESTS = Path(__file__).resolve().parents[1]
 
-# "/name" at the start of a string or after a blank, '=', ':', ',' or a quote: "/work/x",
-# "1.0 /data/x", "PATH=/usr/bin". Not "a/b", "s3://bucket/x", "B/s" or "{dir}/x".
+# "/name" at the start of a string or after a blank, '=', ':', ',' or a quote: "<root>x/y",
+# "1.0 <root>data/x", "PATH=<root>usr/bin" (<root> standing for "/"). Not "a/b",
+# "s3://bucket/x", "B/s" or "{dir}/x".
 _ABSOLUTE_POSIX = re.compile(r"(?:^|(?<=[\s=:,'\"(]))/(?!/)[A-Za-z0-9_.~-]")
 _ABSOLUTE_WINDOWS = re.compile(r"(?:^|(?<=[\s=:,'\"(]))[A-Za-z]:[\\/]")
 # What a shell script may name: the shebang's interpreter and the null device.
