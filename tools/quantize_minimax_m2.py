@@ -179,10 +179,7 @@ def main(argv=None) -> int:
 
     from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError, HFCheckpoint
     from megatron.minimax.checkpoint.mcore_to_hf import parse_size
-    from megatron.minimax.launch import (
-        distributed_process_group,
-        parity_layout_from_args,
-    )
+    from megatron.minimax.launch import distributed_process_group, parity_layout_from_args
     from megatron.minimax.models.minimax_m2.hf_config import load_hf_config
     from megatron.minimax.quantization.calibration_data import (
         CalibrationData,

@@ -42,7 +42,6 @@ from megatron.minimax.launch import (
 )
 
 
-
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__,

@@ -189,7 +189,9 @@ def show_parity(hf_dir: Path, rows, load_dir: Path = None) -> bool:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--work-dir", default="out/demo", help="Where the demo writes its files.")
     args = parser.parse_args()
     from megatron.minimax.launch import quiet_library_notices
@@ -213,10 +215,12 @@ def main() -> int:
     build_tiny_checkpoint(hf_dir, config, seed=0, fp8=True)
     files = sorted(p.name for p in hf_dir.iterdir())
     print(f"[1] tiny MiniMax-M2 checkpoint (FP8 128x128 blocks, fp32 router) in {hf_dir}:")
-    print(f"    {config['num_hidden_layers']} layers, hidden {config['hidden_size']}, "
-          f"{config['num_attention_heads']} q / {config['num_key_value_heads']} kv heads of "
-          f"{config['head_dim']}, rotary_dim {config['rotary_dim']}, {config['num_local_experts']} "
-          f"experts top-{config['num_experts_per_tok']}, vocab {config['vocab_size']}")
+    print(
+        f"    {config['num_hidden_layers']} layers, hidden {config['hidden_size']}, "
+        f"{config['num_attention_heads']} q / {config['num_key_value_heads']} kv heads of "
+        f"{config['head_dim']}, rotary_dim {config['rotary_dim']}, {config['num_local_experts']} "
+        f"experts top-{config['num_experts_per_tok']}, vocab {config['vocab_size']}"
+    )
     print(f"    files: {', '.join(files)}")
 
     rows = [
@@ -224,16 +228,20 @@ def main() -> int:
         ("gpt", ParallelLayout(tp=2, ep=2, etp=1)),
         ("hybrid", ParallelLayout(tp=2, ep=2, etp=1)),
     ]
-    print(f"\n[2] Megatron vs HF parity ({WORLD_SIZE} gloo processes per layout, data parallel "
-          "takes the rest):")
+    print(
+        f"\n[2] Megatron vs HF parity ({WORLD_SIZE} gloo processes per layout, data parallel "
+        "takes the rest):"
+    )
     ok = show_parity(hf_dir, rows)
 
     ok &= convert_and_check(hf_dir, work)
     for model in ("gpt", "hybrid"):
         ok &= train_and_export(hf_dir, work, model)
     ok &= quantize_nvfp4_experts(hf_dir, work)
-    print(f"\ndone in {time.time() - start:.0f} s: "
-          f"{'every check passed' if ok else 'A CHECK FAILED'}")
+    print(
+        f"\ndone in {time.time() - start:.0f} s: "
+        f"{'every check passed' if ok else 'A CHECK FAILED'}"
+    )
     return 0 if ok else 1
 
 
@@ -257,8 +265,10 @@ def convert_and_check(hf_dir: Path, work: Path) -> bool:
               "--save-dir", str(mcore_dir), "--overwrite", "--no-progress")  # fmt: skip
     print(f"\n[3] converted to Megatron torch_dist (bf16, router fp32): {mcore_dir}")
     print(f"    {', '.join(sorted(p.name for p in mcore_dir.iterdir()))}")
-    print("    parity from the converted checkpoint, resharded at load (HF reference on the same "
-          "bf16-rounded weights):")
+    print(
+        "    parity from the converted checkpoint, resharded at load (HF reference on the same "
+        "bf16-rounded weights):"
+    )
     rows = [
         ("gpt", ParallelLayout(tp=2, ep=2, etp=1)),
         ("gpt", ParallelLayout(pp=2)),
@@ -283,9 +293,11 @@ def train_and_export(hf_dir: Path, work: Path, model: str, steps: int = 8) -> bo
     )[0]
     falling = losses[-1] < losses[0]
     step = "4" if model == "gpt" else "5"
-    print(f"\n[{step}] {CLASS_NAMES[model]}: {steps} training steps at TP2xSP from the converted "
-          f"checkpoint (2 gloo processes, Adam, fp32): loss "
-          f"{' -> '.join(f'{x:.3f}' for x in losses)}  {'PASS' if falling else 'FAIL'}")
+    print(
+        f"\n[{step}] {CLASS_NAMES[model]}: {steps} training steps at TP2xSP from the converted "
+        f"checkpoint (2 gloo processes, Adam, fp32): loss "
+        f"{' -> '.join(f'{x:.3f}' for x in losses)}  {'PASS' if falling else 'FAIL'}"
+    )
     print(f"    saved torch_dist checkpoint ({CLASS_NAMES[model]} layout): {trained_dir}")
 
     ok = falling
@@ -298,13 +310,13 @@ def train_and_export(hf_dir: Path, work: Path, model: str, steps: int = 8) -> bo
 
     probe = torch.randint(0, 1001, (2, 32), generator=torch.Generator().manual_seed(2))
     reference = hf_logits(load_hf_reference_model(work / f"hf_export_{model}_bf16"), probe)
-    megatron = run_in_processes(
-        _bf16_logits_worker, 1, hf_dir, str(trained_dir), probe, model
-    )[0]
+    megatron = run_in_processes(_bf16_logits_worker, 1, hf_dir, str(trained_dir), probe, model)[0]
     diff = (megatron - reference).abs().max().item()
     same = diff <= LOGITS_ATOL
-    print(f"    transformers on the BF16 export vs Megatron on the same weights: max |dlogit| "
-          f"{diff:.2e}  {'PASS' if same else 'FAIL'}")
+    print(
+        f"    transformers on the BF16 export vs Megatron on the same weights: max |dlogit| "
+        f"{diff:.2e}  {'PASS' if same else 'FAIL'}"
+    )
     return ok and same
 
 
@@ -359,26 +371,34 @@ def quantize_nvfp4_experts(hf_dir: Path, work: Path) -> bool:
               str(hf_dir), "--calib-tokens-file", str(tokens_file), "--save-dir", str(export_dir),
               "--overwrite", "--no-progress")  # fmt: skip
     quant = json.loads((export_dir / "hf_quant_config.json").read_text())["quantization"]
-    print(f"\n[6] quantized for serving (tools/quantize_minimax_m2.py, recipe nvfp4-experts, "
-          f"calibrated on {calibration.shape[0]}x{calibration.shape[1]} tokens): {export_dir}")
-    print(f"    {quant['quant_algo']} experts in groups of {quant['group_size']}, "
-          f"{len(quant['exclude_modules'])} modules kept BF16 (attention, router gate, embeddings, "
-          "lm_head); serve with vllm --quantization modelopt_fp4")
+    print(
+        f"\n[6] quantized for serving (tools/quantize_minimax_m2.py, recipe nvfp4-experts, "
+        f"calibrated on {calibration.shape[0]}x{calibration.shape[1]} tokens): {export_dir}"
+    )
+    print(
+        f"    {quant['quant_algo']} experts in groups of {quant['group_size']}, "
+        f"{len(quant['exclude_modules'])} modules kept BF16 (attention, router gate, embeddings, "
+        "lm_head); serve with vllm --quantization modelopt_fp4"
+    )
     probe = torch.randint(0, 1001, (2, 32), generator=torch.Generator().manual_seed(2))
     reference = hf_logits(load_hf_reference_model(work / "hf_export_gpt_bf16"), probe)
     logits, same, total = run_in_processes(
         _nvfp4_logits_worker, 1, hf_dir, str(trained_dir), calibration, probe, str(export_dir)
     )[0]
     identical = same == total
-    print(f"    dequantized export == fake-quantized expert weights of the forward: {same}/{total} "
-          f"tensors  {'PASS' if identical else 'FAIL'}")
+    print(
+        f"    dequantized export == fake-quantized expert weights of the forward: {same}/{total} "
+        f"tensors  {'PASS' if identical else 'FAIL'}"
+    )
     loss = next_token_loss(logits, probe).item()
     reference_loss = next_token_loss(reference, probe).item()
     change = abs(loss - reference_loss)
     bounded = change <= NVFP4_DEMO_LOSS_CHANGE
-    print(f"    NVFP4 experts (fake-quantised forward) vs BF16 export: max |dlogit| "
-          f"{(logits - reference).abs().max().item():.3f}, loss {loss:.4f} vs {reference_loss:.4f} "
-          f"(|dloss| {change:.4f} <= {NVFP4_DEMO_LOSS_CHANGE})  {'PASS' if bounded else 'FAIL'}")
+    print(
+        f"    NVFP4 experts (fake-quantised forward) vs BF16 export: max |dlogit| "
+        f"{(logits - reference).abs().max().item():.3f}, loss {loss:.4f} vs {reference_loss:.4f} "
+        f"(|dloss| {change:.4f} <= {NVFP4_DEMO_LOSS_CHANGE})  {'PASS' if bounded else 'FAIL'}"
+    )
     return identical and bounded
 
 

@@ -303,9 +303,7 @@ def fail(prog: str, message: str) -> NoReturn:
     sys.exit(2)
 
 
-def compute_from_hf_config(
-    prog: str, args: argparse.Namespace, compute: Callable[[dict], T]
-) -> T:
+def compute_from_hf_config(prog: str, args: argparse.Namespace, compute: Callable[[dict], T]) -> T:
     """The body of the tools that answer from a config.json alone (``args.hf_config``,
     ``args.mtp_num_layers``): ``compute(hf_config)`` with megatron's import notices silenced
     and its prints and log records on stderr (stdout is the tool's result). A bad path, config

@@ -26,7 +26,9 @@ def parse_log(path: str) -> Dict[int, Dict[str, float]]:
             m = _ITERATION.search(line)
             if not m:
                 continue
-            values = {k: float(r.search(line).group(1)) for k, r in _FIELDS.items() if r.search(line)}
+            values = {
+                k: float(r.search(line).group(1)) for k, r in _FIELDS.items() if r.search(line)
+            }
             if "loss" in values:
                 out[int(m.group(1))] = values
     return out
@@ -52,15 +54,19 @@ def main(argv=None) -> int:
     late = sum(train[i]["loss"] for i in sorted(train)[-5:]) / 5
     falling = late < early
     ok &= falling
-    print(f"loss: iteration {first} {train[first]['loss']:.4f} -> {last} {train[last]['loss']:.4f}"
-          f" (mean of first/last 5: {early:.4f} -> {late:.4f}) {'PASS' if falling else 'FAIL'}")
+    print(
+        f"loss: iteration {first} {train[first]['loss']:.4f} -> {last} {train[last]['loss']:.4f}"
+        f" (mean of first/last 5: {early:.4f} -> {late:.4f}) {'PASS' if falling else 'FAIL'}"
+    )
 
     repeated = [i for i in sorted(resume) if i > args.resume_from]
     diffs = [abs(resume[i]["loss"] - train[i]["loss"]) for i in repeated if i in train]
     same = bool(diffs) and len(diffs) == len(repeated) and max(diffs) == 0.0
     ok &= same
-    print(f"resume from {args.resume_from}: {len(diffs)} iterations compared, max |loss diff| "
-          f"{max(diffs) if diffs else float('nan'):.3e} {'PASS' if same else 'FAIL'}")
+    print(
+        f"resume from {args.resume_from}: {len(diffs)} iterations compared, max |loss diff| "
+        f"{max(diffs) if diffs else float('nan'):.3e} {'PASS' if same else 'FAIL'}"
+    )
 
     steady = [train[i] for i in sorted(train)[len(train) // 2 :] if "ms" in train[i]]
     if steady:

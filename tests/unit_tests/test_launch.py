@@ -8,8 +8,7 @@ import textwrap
 
 def test_quiet_library_notices_keeps_real_warnings():
     # In a fresh interpreter: the filters are the tool process's, for its whole life.
-    script = textwrap.dedent(
-        """
+    script = textwrap.dedent("""
         import logging, warnings
         from megatron.minimax.launch import quiet_library_notices
         quiet_library_notices()
@@ -22,8 +21,7 @@ def test_quiet_library_notices_keeps_real_warnings():
         warnings.warn("a real warning")
         logging.getLogger("megatron.minimax.checkpoint").warning("NaN/Inf in 1 tensors")
         logging.getLogger("megatron.core.models.gpt.gpt_model").warning("something else")
-        """
-    )
+        """)
     proc = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
     )

@@ -38,7 +38,9 @@ def _add_hf_to_mcore(subparsers) -> None:
     group = parser.add_argument_group(title="input")
     group.add_argument("--hf-dir", required=True, type=Path, help="HF checkpoint directory.")
     group = parser.add_argument_group(title="output")
-    group.add_argument("--save-dir", required=True, type=Path, help="Megatron checkpoint directory.")
+    group.add_argument(
+        "--save-dir", required=True, type=Path, help="Megatron checkpoint directory."
+    )
     group.add_argument(
         "--dtype",
         choices=["bf16", "fp32"],
@@ -165,7 +167,9 @@ def _run_hf_to_mcore(args) -> int:
         raise ValueError("--mtp-num-layers must be >= 0")
     source = HFCheckpoint(args.hf_dir)
     bar, update = _progress_bar(
-        source.total_bytes(), len(source.tensor_names()), args.no_progress or not sys.stderr.isatty()
+        source.total_bytes(),
+        len(source.tensor_names()),
+        args.no_progress or not sys.stderr.isatty(),
     )
     with bar:
         stats = convert_hf_to_mcore(

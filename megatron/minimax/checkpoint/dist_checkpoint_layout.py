@@ -184,10 +184,7 @@ def model_class_of_keys(keys: Iterable[str]) -> str:
 
 
 def dist_checkpoint_layout(
-    hf_config: Dict,
-    dtype: torch.dtype,
-    mtp_num_layers: Optional[int] = None,
-    model: str = "gpt",
+    hf_config: Dict, dtype: torch.dtype, mtp_num_layers: Optional[int] = None, model: str = "gpt"
 ) -> DistCheckpointLayout:
     """The torch_dist layout of the MiniMax-M2 model described by ``hf_config``, stored in
     ``dtype`` (the router gate and expert bias are fp32 whatever ``dtype`` is), as a ``GPTModel``
@@ -240,7 +237,9 @@ def dist_checkpoint_layout(
                 canonical_name=canonical[local_name],
                 shape=tuple(data.shape),
                 dtype=data.dtype,
-                sharded=sharded.without_data() if isinstance(sharded, ShardedTensorFactory) else sharded,
+                sharded=(
+                    sharded.without_data() if isinstance(sharded, ShardedTensorFactory) else sharded
+                ),
                 chunks=chunks,
             )
         )

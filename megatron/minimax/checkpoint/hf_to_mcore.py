@@ -58,7 +58,7 @@ class ConversionStats:
         lines = [
             f"read {self.tensors_read} HF tensors ({self.bytes_read / gib:.2f} GiB), wrote "
             f"{self.chunks_written} chunks ({self.bytes_written / gib:.2f} GiB) in "
-            f"{self.seconds:.1f} s ({rate:.2f} GiB/s read)",
+            f"{self.seconds:.1f} s ({rate:.2f} GiB/s read)"
         ]
         if self.fresh_mtp_tensors:
             lines.append(f"initialised {self.fresh_mtp_tensors} MTP tensors (not in the release)")
@@ -199,7 +199,9 @@ def convert_hf_to_mcore(
     try:
         from megatron.minimax.models.minimax_m2.hf_config import minimax_m2_config_from_hf
 
-        megatron_config, model_args = minimax_m2_config_from_hf(config, mtp_num_layers=mtp_num_layers)
+        megatron_config, model_args = minimax_m2_config_from_hf(
+            config, mtp_num_layers=mtp_num_layers
+        )
     except ValueError as e:
         raise CheckpointError(f"{hf_dir / 'config.json'}: {e}") from None
 
@@ -333,7 +335,9 @@ def convert_hf_to_mcore(
                 objects_file.write_object(obj.unique_key, obj.data)
             writer.finish({"checkpoint_version": CHECKPOINT_VERSION})
         except OSError as e:
-            raise CheckpointError(f"{e.filename or save_dir}: cannot write ({e.strerror})") from None
+            raise CheckpointError(
+                f"{e.filename or save_dir}: cannot write ({e.strerror})"
+            ) from None
         finally:
             torch.set_num_threads(intra_op_threads)
 

@@ -413,8 +413,6 @@ def convert_mcore_to_hf(
     return stats
 
 
-
-
 def _write_shards(
     work: Path,
     plan: ShardPlan,
@@ -468,16 +466,6 @@ def _write_shards(
     if missing:
         raise CheckpointError(f"{work}: internal error: tensors {missing[:5]} never written")
     return dict(sorted(weight_map.items()))
-
-
-
-
-
-
-
-
-
-
 
 
 def _convert(

@@ -24,7 +24,9 @@ def check_destination(destination: Path, overwrite: bool) -> None:
     if destination.exists() and not destination.is_dir():
         raise CheckpointError(f"{destination}: exists and is not a directory")
     if destination.is_dir() and any(destination.iterdir()) and not overwrite:
-        raise CheckpointError(f"{destination}: exists and is not empty (pass --overwrite to replace it)")
+        raise CheckpointError(
+            f"{destination}: exists and is not empty (pass --overwrite to replace it)"
+        )
     parent = destination.parent
     if parent.exists() and not parent.is_dir():
         raise CheckpointError(f"{parent}: output parent is not a directory")

@@ -147,7 +147,9 @@ class TorchDistWriter:
             self._storage[MetadataIndex(unique_key)] = info
 
     def written_chunks(self) -> Iterable[Tuple[str, Tuple[int, ...]]]:
-        return [(index.fqn, tuple(index.offset)) for index in self._storage if index.offset is not None]
+        return [
+            (index.fqn, tuple(index.offset)) for index in self._storage if index.offset is not None
+        ]
 
     def finish(self, common_state: Dict[str, Any]) -> None:
         """Write the common state, ``.metadata`` and, last, megatron's ``metadata.json`` (whose

@@ -146,9 +146,7 @@ def _apply(patches: _Patches) -> None:
     )
     patches.set(tp_random, "_get_cuda_rng_state", lambda *args, **kwargs: torch.get_rng_state())
     patches.set(
-        tp_random,
-        "_set_cuda_rng_state",
-        lambda state, *args, **kwargs: torch.set_rng_state(state),
+        tp_random, "_set_cuda_rng_state", lambda state, *args, **kwargs: torch.set_rng_state(state)
     )
     tracker_logger = logging.getLogger(tp_random.__name__)
     tracker_logger.addFilter(_rng_state_filter)

@@ -7,16 +7,9 @@ are imported where they are used: ``calibration``, ``quant_experts``, ``nvfp4_cp
 ``checkpoint_state``, ``hf_export``, ``hf_writer``, ``ptq``, ``qat``.
 """
 
-from megatron.minimax.quantization.calibration_data import (
-    CalibrationData,
-    load_calibration_tokens,
-)
+from megatron.minimax.quantization.calibration_data import CalibrationData, load_calibration_tokens
 from megatron.minimax.quantization.fp8_per_tensor import quantize_fp8_per_tensor
-from megatron.minimax.quantization.nvfp4_format import (
-    NVFP4Tensor,
-    dequantize_nvfp4,
-    quantize_nvfp4,
-)
+from megatron.minimax.quantization.nvfp4_format import NVFP4Tensor, dequantize_nvfp4, quantize_nvfp4
 from megatron.minimax.quantization.recipes import RECIPES, QuantizationRecipe, get_recipe
 
 __all__ = [

@@ -91,6 +91,4 @@ def run_in_processes(fn: Callable, world_size: int, *args, timeout: float = 600)
         raise RuntimeError(
             "\n".join(f"--- rank {rank} ---\n{tb}" for rank, tb in sorted(failures.items()))
         )
-    return [
-        torch.load(io.BytesIO(results[rank]), weights_only=False) for rank in range(world_size)
-    ]
+    return [torch.load(io.BytesIO(results[rank]), weights_only=False) for rank in range(world_size)]

@@ -278,10 +278,7 @@ def _write_shards(directory: Path, groups: List[Dict[str, torch.Tensor]], num_sh
         }
         save_file(tensors, str(directory / file_name), metadata={"format": "pt"})
         weight_map.update((name, file_name) for name in tensors)
-    index = {
-        "metadata": {"total_size": sum(sizes)},
-        "weight_map": dict(sorted(weight_map.items())),
-    }
+    index = {"metadata": {"total_size": sum(sizes)}, "weight_map": dict(sorted(weight_map.items()))}
     with open(directory / "model.safetensors.index.json", "w", encoding="utf-8") as f:
         json.dump(index, f, indent=2)
         f.write("\n")

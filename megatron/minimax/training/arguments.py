@@ -22,9 +22,7 @@ from unittest import mock
 
 import torch
 
-from megatron.core.transformer.transformer_config import (
-    TransformerConfig as MCoreTransformerConfig,
-)
+from megatron.core.transformer.transformer_config import TransformerConfig as MCoreTransformerConfig
 from megatron.core.utils import log_single_rank
 from megatron.training import arguments as megatron_arguments
 from megatron.training.argument_utils import (

@@ -182,9 +182,7 @@ def forward_step(data_iterator, model, return_schedule_plan: bool = False):
     timers("batch-generator", log_level=2).start()
     with stimer(bdata=True):
         vp_stage = get_attr_wrapped_model(model, "vp_stage")
-        tokens, labels, loss_mask, attention_mask, position_ids = get_batch(
-            data_iterator, vp_stage
-        )
+        tokens, labels, loss_mask, attention_mask, position_ids = get_batch(data_iterator, vp_stage)
     timers("batch-generator").stop()
 
     with stimer:

@@ -77,10 +77,7 @@ def load_hf_checkpoint(model_chunks: List[torch.nn.Module], hf_dir: str) -> HFRe
 
     from megatron.minimax.checkpoint.hf_checkpoint import HFCheckpoint
     from megatron.minimax.models.conversion.mappings import MappingContext
-    from megatron.minimax.models.conversion.model_weights import (
-        load_hf_weights,
-        padded_vocab_rows,
-    )
+    from megatron.minimax.models.conversion.model_weights import load_hf_weights, padded_vocab_rows
     from megatron.minimax.models.minimax_m2.weight_mapping import MINIMAX_M2_WEIGHTS
 
     report = HFReadReport()

@@ -315,10 +315,7 @@ _HYBRID_PATTERN_TOKEN = re.compile(r"^[*E|/]+$")
 
 
 def minimax_m2_training_flags(
-    hf_config,
-    layout: Layout = Layout(),
-    mtp_num_layers: Optional[int] = None,
-    model: str = "gpt",
+    hf_config, layout: Layout = Layout(), mtp_num_layers: Optional[int] = None, model: str = "gpt"
 ) -> Tuple[List[str], TransformerConfig, GPTModelArgs]:
     """Training flags for a MiniMax-M2-family HF config at ``layout``.
 
@@ -375,9 +372,7 @@ def minimax_m2_training_flags(
         ["--vocab-size", str(model_args.vocab_size)],
     ]
     divisor = vocab_size_divisor(model_args.vocab_size, layout.tp)
-    flags += [
-        ["--make-vocab-size-divisible-by", str(divisor)],
-    ]
+    flags += [["--make-vocab-size-divisible-by", str(divisor)]]
     if not model_args.share_embeddings_and_output_weights:
         flags.append(["--untie-embeddings-and-output-weights"])
     flags += [
@@ -418,7 +413,7 @@ def _check_flags_reproduce(
         compared += sorted(_HYBRID_PATTERN_FIELDS - set(compared))
     problems = compare_configs(config, parsed, compared)
     if pattern is not None and model_config.hybrid_layer_pattern != pattern:
-            problems.append(
+        problems.append(
             f"hybrid_layer_pattern: {pattern!r} != {model_config.hybrid_layer_pattern!r}"
         )
     padded = padded_vocab_size_of(model_config)

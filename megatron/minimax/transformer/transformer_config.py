@@ -11,9 +11,7 @@ fields (a tree patched by that series), ``TransformerConfig`` here *is* megatron
 from dataclasses import dataclass
 from typing import Literal
 
-from megatron.core.transformer.transformer_config import (
-    TransformerConfig as MCoreTransformerConfig,
-)
+from megatron.core.transformer.transformer_config import TransformerConfig as MCoreTransformerConfig
 
 from megatron.minimax.native_core import megatron_core_is_native
 

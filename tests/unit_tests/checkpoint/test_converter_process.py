@@ -27,8 +27,7 @@ def _run_fresh(script: str) -> str:
 
 def test_megatron_core_imported_without_dynamo_or_inductor():
     # A fresh interpreter: in this one megatron-core (and Dynamo) are imported already.
-    script = textwrap.dedent(
-        """
+    script = textwrap.dedent("""
         import gc
         import sys
         import torch
@@ -49,15 +48,13 @@ def test_megatron_core_imported_without_dynamo_or_inductor():
         assert type(fused_bias_geglu.geglu).__name__ == "function"
         loaded = sorted(m for m in ("torch._dynamo", "torch._inductor.compile_fx") if m in sys.modules)
         print("LOADED", loaded)
-        """
-    )
+        """)
     assert "LOADED []" in _run_fresh(script)
 
 
 def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     # A fresh interpreter: the settings are process-wide.
-    script = textwrap.dedent(
-        """
+    script = textwrap.dedent("""
         import resource
         import torch
         from megatron.minimax.checkpoint.converter_process import keep_freed_memory_mapped
@@ -79,8 +76,7 @@ def test_freed_blocks_are_reused_instead_of_faulted_in_again():
         faults_for_allocations()
         kept = faults_for_allocations()
         print("FAULTS", default, kept)
-        """
-    )
+        """)
     default, kept = map(int, _run_fresh(script).split("FAULTS")[1].split())
     # Ten rounds of 48 MiB are 120k pages: mapped and unmapped, each is faulted in again; kept,
     # they are reused.

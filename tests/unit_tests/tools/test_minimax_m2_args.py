@@ -106,9 +106,7 @@ def _assert_same_model(hf_config, lines, layout: Layout, mtp_num_layers=None):
     assert model_config.seq_length == model_args.max_sequence_length
     assert not model_config.share_embeddings_and_output_weights
     # The rows converted checkpoints have: a multiple of 128 at every TP (the release: unpadded).
-    assert padded_vocab_size_of(model_config) == padded_vocab_size(
-        model_args.vocab_size, layout.tp
-    )
+    assert padded_vocab_size_of(model_config) == padded_vocab_size(model_args.vocab_size, layout.tp)
     return expected
 
 
@@ -223,7 +221,10 @@ class TestErrors:
     def test_help(self, capsys):
         code, out, _ = _run_tool_in_process(capsys, "--help")
         assert code == 0
-        assert "--hf-config" in out and "mapfile -t MODEL_ARGS < <(python tools/minimax_m2_args.py" in out
+        assert (
+            "--hf-config" in out
+            and "mapfile -t MODEL_ARGS < <(python tools/minimax_m2_args.py" in out
+        )
         assert "--model {gpt,hybrid}" in out
 
 

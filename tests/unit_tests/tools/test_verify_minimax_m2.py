@@ -57,7 +57,10 @@ class TestVerifyTool:
 
     @pytest.mark.parametrize(
         "nproc, layout_args, label",
-        [(4, ["--tp", "2", "--ep", "2", "--etp", "1"], "TP2xEP2xETP1xSP"), (2, ["--pp", "2"], "TP1xPP2")],
+        [
+            (4, ["--tp", "2", "--ep", "2", "--etp", "1"], "TP2xEP2xETP1xSP"),
+            (2, ["--pp", "2"], "TP1xPP2"),
+        ],
     )
     def test_converted_checkpoint_matches_hf(
         self, tiny_fp8_checkpoint, converted_fp8_checkpoint, nproc, layout_args, label
@@ -85,6 +88,7 @@ class TestVerifyTool:
         )  # fmt: skip
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert "HybridModel at layout TP2xEP2xETP1xSP" in proc.stdout and "PASS" in proc.stdout
+
     def test_uneven_pipeline_stages(self, tiny_bf16_checkpoint, tokens_file):
         # 4 layers over PP3 as 1/2/1.
         proc = _run(
@@ -98,7 +102,9 @@ class TestVerifyTool:
     def test_layout_gloo_cannot_run_is_refused_with_one_line(self, tiny_bf16_checkpoint):
         proc = _run(["--hf-dir", str(tiny_bf16_checkpoint), "--tp", "2", "--ep", "2"], nproc=4)
         assert proc.returncode != 0
-        errors = [line for line in proc.stderr.splitlines() if "verify_minimax_m2.py: error:" in line]
+        errors = [
+            line for line in proc.stderr.splitlines() if "verify_minimax_m2.py: error:" in line
+        ]
         assert errors and all("cannot run on gloo" in line for line in errors), proc.stderr
         assert "ProcessGroupGloo" not in proc.stderr
 
@@ -128,6 +134,8 @@ class TestVerifyTool:
             args = ["--hf-dir", str(tiny_bf16_checkpoint), *args]
         proc = _run(args)
         assert proc.returncode == 2, proc.stdout + proc.stderr
-        errors = [line for line in proc.stderr.splitlines() if "verify_minimax_m2.py: error:" in line]
+        errors = [
+            line for line in proc.stderr.splitlines() if "verify_minimax_m2.py: error:" in line
+        ]
         assert len(errors) == 1 and message in errors[0], proc.stderr
         assert "Traceback" not in proc.stderr

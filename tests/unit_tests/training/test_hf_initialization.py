@@ -142,9 +142,10 @@ class TestLoadHFDir:
         directory = save_root / label
         assert (directory / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
         assert (directory / "iter_0000001" / ".metadata").is_file()
-        assert '"sharded_backend": "torch_dist"' in (
-            directory / "iter_0000001" / "metadata.json"
-        ).read_text()
+        assert (
+            '"sharded_backend": "torch_dist"'
+            in (directory / "iter_0000001" / "metadata.json").read_text()
+        )
         for rank in ranks:
             result = rank[label]
             assert result["resumed_iteration"] == 1

@@ -364,7 +364,9 @@ class TestModelBuilder:
     def test_pretrain_path_uses_our_config_and_builder(self, ws1):
         model = ws1["bf16_mtp"]["model"]
         package = "megatron.core" if model["native"] else "megatron.minimax"
-        assert model["config_class"] == f"{package}.transformer.transformer_config.TransformerConfig"
+        assert (
+            model["config_class"] == f"{package}.transformer.transformer_config.TransformerConfig"
+        )
         assert model["float16_wrapped"]
         # The fixed mixed-precision optimizer: ours substituted on stock megatron-core.
         assert model["inner_optimizers"] == [not model["native"]]

@@ -218,8 +218,10 @@ class TestTraining:
     @pytest.mark.parametrize("which", ["bf16_mtp", "fp32"])
     def test_loss_falls_every_step(self, run, which):
         results = run[0][0]
-        losses = results[which]["losses"] if which == "bf16_mtp" else (
-            results["fp32"]["before"] + results["fp32"]["after"]
+        losses = (
+            results[which]["losses"]
+            if which == "bf16_mtp"
+            else (results["fp32"]["before"] + results["fp32"]["after"])
         )
         assert all(b < a for a, b in zip(losses, losses[1:])), losses
         assert losses[-1] < losses[0] - 0.3, losses

@@ -9,9 +9,7 @@ the class is megatron-core's own and the same checks must hold.
 import dataclasses
 
 import pytest
-from megatron.core.transformer.transformer_config import (
-    TransformerConfig as MCoreTransformerConfig,
-)
+from megatron.core.transformer.transformer_config import TransformerConfig as MCoreTransformerConfig
 
 from megatron.minimax.native_core import NATIVE_CONFIG_FIELDS, megatron_core_is_native
 from megatron.minimax.transformer.transformer_config import TransformerConfig

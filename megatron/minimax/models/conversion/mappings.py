@@ -327,7 +327,9 @@ class WeightMappingTable:
                 return mapping, fields
         raise KeyError(f"no Megatron mapping for HF tensor {name!r}")
 
-    def expand(self, num_layers: int, num_experts: int) -> List[Tuple[WeightMapping, Dict[str, int]]]:
+    def expand(
+        self, num_layers: int, num_experts: int
+    ) -> List[Tuple[WeightMapping, Dict[str, int]]]:
         """Every (mapping, fields) of a model with these sizes, in table order."""
         out = []
         for mapping in self.mappings:

@@ -71,9 +71,7 @@ def unwrap_model(model: torch.nn.Module) -> Union[GPTModel, HybridModel]:
     while not isinstance(model, (GPTModel, HybridModel)) and hasattr(model, "module"):
         model = model.module
     if not isinstance(model, (GPTModel, HybridModel)):
-        raise TypeError(
-            f"expected a (wrapped) GPTModel or HybridModel, got {type(model).__name__}"
-        )
+        raise TypeError(f"expected a (wrapped) GPTModel or HybridModel, got {type(model).__name__}")
     return model
 
 

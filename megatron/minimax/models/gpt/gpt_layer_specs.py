@@ -60,7 +60,10 @@ def _with_fp32_router(mlp):
     submodules = mlp.keywords.get("submodules")
     if submodules is None or not hasattr(submodules, "router"):
         return mlp
-    keywords = {**mlp.keywords, "submodules": dataclasses.replace(submodules, router=FP32TopKRouter)}
+    keywords = {
+        **mlp.keywords,
+        "submodules": dataclasses.replace(submodules, router=FP32TopKRouter),
+    }
     return functools.partial(mlp.func, *mlp.args, **keywords)
 
 

@@ -146,7 +146,9 @@ def _check_supported(hf: Dict[str, Any]) -> None:
         )
     for key, required in REQUIRED_VALUES.items():
         if key in hf and hf[key] != required:
-            raise ValueError(f"unsupported HF config value {key}={hf[key]!r} (supported: {required!r})")
+            raise ValueError(
+                f"unsupported HF config value {key}={hf[key]!r} (supported: {required!r})"
+            )
     rope = hf.get("rope_parameters") or {}
     unsupported_rope = sorted(set(rope) - {"rope_type", "rope_theta", "partial_rotary_factor"})
     if rope.get("rope_type", "default") != "default" or unsupported_rope:

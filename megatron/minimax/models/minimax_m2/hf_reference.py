@@ -214,9 +214,7 @@ def _to_transformers_layout(
 
 @torch.no_grad()
 def streamed_hf_logits(
-    hf_dir: Union[str, os.PathLike],
-    tokens: torch.Tensor,
-    round_to: Optional[torch.dtype] = None,
+    hf_dir: Union[str, os.PathLike], tokens: torch.Tensor, round_to: Optional[torch.dtype] = None
 ) -> torch.Tensor:
     """fp32 logits ``[b, s, vocab]`` of transformers' ``MiniMaxM2ForCausalLM`` on ``tokens``,
     computed one decoder layer at a time (bounded host memory; see the module docstring).

@@ -20,9 +20,7 @@ DECODER_LAYER_SYMBOLS = "*E"
 
 
 def minimax_m2_hybrid_layer_pattern(
-    num_decoder_layers: int,
-    stage_layers: Optional[Sequence[int]] = None,
-    mtp_num_layers: int = 0,
+    num_decoder_layers: int, stage_layers: Optional[Sequence[int]] = None, mtp_num_layers: int = 0
 ) -> str:
     """The ``--hybrid-layer-pattern`` of a MiniMax-M2 model.
 

@@ -36,10 +36,16 @@ def _stage_defaults(
     if use_transformer_engine is None:
         use_transformer_engine = HAVE_TE and config.transformer_impl == "transformer_engine"
     if pre_process is None:
-        pre_process = parallel_state.is_pipeline_first_stage(ignore_virtual=False, vp_stage=vp_stage)
+        pre_process = parallel_state.is_pipeline_first_stage(
+            ignore_virtual=False, vp_stage=vp_stage
+        )
     if post_process is None:
-        post_process = parallel_state.is_pipeline_last_stage(ignore_virtual=False, vp_stage=vp_stage)
+        post_process = parallel_state.is_pipeline_last_stage(
+            ignore_virtual=False, vp_stage=vp_stage
+        )
     return use_transformer_engine, pre_process, post_process
+
+
 def pipeline_stage_layers(
     num_layers: int,
     pp: int,

@@ -121,7 +121,9 @@ class ParallelLayout:
         )
         model_parallel = self.tp * self.pp
         if world_size % model_parallel:
-            raise ValueError(f"world size {world_size} is not divisible by TP*PP = {model_parallel}")
+            raise ValueError(
+                f"world size {world_size} is not divisible by TP*PP = {model_parallel}"
+            )
         expert_parallel = self.ep * self.expert_tp * self.pp
         if world_size % expert_parallel:
             raise ValueError(
@@ -280,7 +282,9 @@ def build_from_dist_checkpoint(
     missing, unexpected = loaded.model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("_extra_state")]
     if missing or unexpected:
-        raise ValueError(f"{load_dir}: checkpoint lacks {missing[:5]}, has unexpected {unexpected[:5]}")
+        raise ValueError(
+            f"{load_dir}: checkpoint lacks {missing[:5]}, has unexpected {unexpected[:5]}"
+        )
     return loaded
 
 
@@ -558,7 +562,9 @@ def compare_logits(
 ) -> LogitsComparison:
     """Compare two ``[b, s, vocab]`` fp32 logits tensors on the same tokens."""
     if megatron.shape != reference.shape:
-        raise ValueError(f"logits shapes differ: {tuple(megatron.shape)} vs {tuple(reference.shape)}")
+        raise ValueError(
+            f"logits shapes differ: {tuple(megatron.shape)} vs {tuple(reference.shape)}"
+        )
     diff = (megatron.double() - reference.double()).abs()
     return LogitsComparison(
         max_abs_diff=diff.max().item(),

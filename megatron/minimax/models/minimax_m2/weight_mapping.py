@@ -37,8 +37,12 @@ MINIMAX_M2_WEIGHTS = WeightMappingTable(
             v=f"{_HF_LAYER}.self_attn.v_proj.weight",
             fp8=True,
         ),
-        Rename(f"{_LAYER}.self_attention.q_layernorm.weight", f"{_HF_LAYER}.self_attn.q_norm.weight"),
-        Rename(f"{_LAYER}.self_attention.k_layernorm.weight", f"{_HF_LAYER}.self_attn.k_norm.weight"),
+        Rename(
+            f"{_LAYER}.self_attention.q_layernorm.weight", f"{_HF_LAYER}.self_attn.q_norm.weight"
+        ),
+        Rename(
+            f"{_LAYER}.self_attention.k_layernorm.weight", f"{_HF_LAYER}.self_attn.k_norm.weight"
+        ),
         Rename(
             f"{_LAYER}.self_attention.linear_proj.weight",
             f"{_HF_LAYER}.self_attn.o_proj.weight",

@@ -10,7 +10,12 @@ from megatron.minimax.testing.distributed import run_in_processes
 
 WORLD_SIZE = 4
 SAVE_LAYOUT = ParallelLayout(tp=2, ep=2, etp=1)
-LOAD_LAYOUTS = [ParallelLayout(), ParallelLayout(tp=4), ParallelLayout(pp=2, ep=2), ParallelLayout(ep=4)]
+LOAD_LAYOUTS = [
+    ParallelLayout(),
+    ParallelLayout(tp=4),
+    ParallelLayout(pp=2, ep=2),
+    ParallelLayout(ep=4),
+]
 
 
 def _reshard_worker(rank, world_size, hf_dir, ckpt_dir):
@@ -91,4 +96,7 @@ class TestDistCheckpointResharding:
             (layers, experts, hidden),
             torch.float32,
         )
-        assert metadata["decoder.layers.mlp.router.expert_bias"] == ((layers, experts), torch.float32)
+        assert metadata["decoder.layers.mlp.router.expert_bias"] == (
+            (layers, experts),
+            torch.float32,
+        )

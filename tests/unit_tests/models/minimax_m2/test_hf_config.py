@@ -205,9 +205,7 @@ class TestRotaryVariants:
         assert model_args.rotary_percent == 0.5
 
     def test_rope_parameters_with_scaling_is_refused(self, released):
-        message = _refused(
-            {**released, "rope_parameters": {"rope_type": "yarn", "factor": 4.0}}
-        )
+        message = _refused({**released, "rope_parameters": {"rope_type": "yarn", "factor": 4.0}})
         assert "rope_parameters" in message and "yarn" in message
 
     def test_conflicting_rope_theta_is_refused(self, released):
@@ -284,8 +282,13 @@ class TestRefusals:
 
     @pytest.mark.parametrize(
         "override",
-        [{"num_layers": 4}, {"kv_channels": 64}, {"moe_router_dtype": "fp64"},
-         {"qk_layernorm_scope": "head"}, {"attention_dropout": 0.1}],
+        [
+            {"num_layers": 4},
+            {"kv_channels": 64},
+            {"moe_router_dtype": "fp64"},
+            {"qk_layernorm_scope": "head"},
+            {"attention_dropout": 0.1},
+        ],
     )
     def test_overriding_a_field_from_the_hf_config_is_refused(self, released, override):
         (field,) = override

@@ -228,9 +228,9 @@ def _stock_router_case(out):
         ),
     }
     stock_wrapped = Float16Module(stock_config, stock_model)
-    out["stock_model"]["wrapped_expert_bias_dtype"] = (
-        stock_wrapped.module.decoder.layers[0].mlp.router.expert_bias.dtype
-    )
+    out["stock_model"]["wrapped_expert_bias_dtype"] = stock_wrapped.module.decoder.layers[
+        0
+    ].mlp.router.expert_bias.dtype
 
     # Bare routers under the same seed.
     torch.manual_seed(SEED)
@@ -276,9 +276,7 @@ def _split(dtypes):
 
 
 def _expected_router_names():
-    return {
-        f"decoder.layers.{i}.mlp.router.{t}" for i in range(LAYERS) for t in ROUTER_TENSORS
-    }
+    return {f"decoder.layers.{i}.mlp.router.{t}" for i in range(LAYERS) for t in ROUTER_TENSORS}
 
 
 class TestFP32TopKRouterInBf16Model:
