@@ -32,7 +32,6 @@ from megatron.minimax.quantization.recipes import QuantizationRecipe
 
 __all__ = [
     "MODELOPT_STATE_DIR",
-    "check_saveable_layout",
     "has_quantizer_state",
     "load_quantized_model",
     "restore_quantizers",
@@ -97,17 +96,6 @@ def load_quantized_model(
         )
 
 
-def check_saveable_layout(config) -> None:
-    """Raises ``ValueError`` for a layout whose expert quantizer state torch_dist cannot save:
-    tensor and expert parallelism together (see :mod:`quant_experts`)."""
-    if config.tensor_model_parallel_size > 1 and config.expert_model_parallel_size > 1:
-        raise ValueError(
-            "quantizer state of experts cannot be checkpointed with tensor-parallel size "
-            f"{config.tensor_model_parallel_size} and expert-parallel size "
-            f"{config.expert_model_parallel_size} together; save at TP1 or EP1"
-        )
-
-
 def save_quantized_model(model: torch.nn.Module, dist_dir: Union[str, os.PathLike]) -> None:
     """Saves a quantized model chunk as a torch_dist checkpoint with modelopt's mode record
     into the directory ``dist_dir`` (created if missing; must be empty). Collective."""
@@ -115,7 +103,6 @@ def save_quantized_model(model: torch.nn.Module, dist_dir: Union[str, os.PathLik
     from modelopt.torch.opt.plugins.mcore_dist_checkpointing import save_sharded_modelopt_state
 
     gpt = unwrap_model(model)
-    check_saveable_layout(gpt.config)
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         os.makedirs(dist_dir, exist_ok=True)
     if torch.distributed.is_initialized():

@@ -19,7 +19,7 @@ saved during training hold the quantizer state (see :mod:`checkpoint_state`);
 ``tools/quantize_minimax_m2.py --load-dir`` exports them with the trained scales.
 
 Not supported: virtual pipeline stages (modelopt's sharded quantizer state has no virtual-stage
-form) and TP > 1 together with EP > 1 (modelopt cannot checkpoint expert quantizer state then).
+form).
 """
 
 import logging
@@ -69,19 +69,13 @@ class QuantizationAwareTraining:
         """None without ``--modelopt-recipe``.
 
         Raises:
-            ValueError: an unsupported combination (virtual pipeline, TP with EP).
+            ValueError: an unsupported combination (virtual pipeline, shapes the recipe cannot split).
         """
         if getattr(args, "modelopt_recipe", None) is None:
             return None
         recipe = get_recipe(args.modelopt_recipe)
         if args.virtual_pipeline_model_parallel_size is not None:
             raise ValueError("--modelopt-recipe does not support virtual pipeline stages")
-        if args.tensor_model_parallel_size > 1 and args.expert_model_parallel_size > 1:
-            raise ValueError(
-                "--modelopt-recipe cannot checkpoint expert quantizers with both "
-                "--tensor-model-parallel-size and --expert-model-parallel-size above 1; use "
-                "one of them (the export tool takes any layout)"
-            )
         if args.modelopt_calib_samples < 1:
             raise ValueError(
                 f"--modelopt-calib-samples must be >= 1, got {args.modelopt_calib_samples}"

@@ -14,10 +14,11 @@ either restore with either), which differs in four ways:
    experts run with unit weights and the output is scaled afterwards, so calibration measures
    (and QAT trains against) the activation that serving quantises.
 2. **Tensor and expert parallelism together.** modelopt refuses TP > 1 with EP > 1 for this
-   module because its quantizer state cannot be checkpointed then (the expert quantizers' amaxes
-   get the dense tensor-parallel rank as replica id, and torch_dist rejects the pattern);
-   calibration and export work at any layout, and the places that save
-   (``checkpoint_state.save_quantized_model``, ``qat``) refuse that layout.
+   module because its quantizer state could not be checkpointed then: the expert quantizers'
+   amaxes get the dense tensor-parallel rank as replica id, so an expert held only by ranks of
+   dense TP rank 1 has no main replica and torch_dist refuses to save. Here the amaxes get the
+   expert-tensor-parallel rank instead (:meth:`QuantSequentialExperts.sharded_state_dict`), and
+   calibration, checkpoints and export work at any layout.
 3. **Experts without calibration tokens.** Every expert of a layer shares one input amax per
    projection (``w1``/``w3`` and ``w2``), the maximum over all of the layer's experts, as in
    modelopt's HF export of fused experts and in vLLM's NVFP4 MoE kernels. modelopt takes that
@@ -46,7 +47,8 @@ class QuantSequentialExperts(_MegatronSequentialMLP):
     """Quantized ``SequentialMLP`` (see the module docstring)."""
 
     def _setup(self):
-        # As modelopt's _setup, with this module's own groups and without the TP+EP refusal.
+        # As modelopt's _setup, with this module's own groups and without the TP+EP refusal
+        # (sharded_state_dict below makes that layout checkpointable).
         if getattr(self, "parallel_state", None) is None:
             self.parallel_state = ParallelState(
                 self.dp_group,
@@ -74,6 +76,31 @@ class QuantSequentialExperts(_MegatronSequentialMLP):
         )
         output = (output * permuted_probs.unsqueeze(-1)).to(output.dtype)
         return output, output_bias
+
+    def sharded_state_dict(self, prefix="", sharded_offsets=(), metadata=None):
+        """modelopt's (one shard per global expert), with the quantizers' amaxes replicated over
+        the expert-tensor-parallel group instead of the dense one.
+
+        modelopt wraps each expert linear's amaxes with the dense tensor-parallel rank in the
+        replica id; megatron-core then replaces only the data-parallel part by the expert-data-
+        parallel rank. With TP > 1 and EP > 1 an expert's amax then has no main replica on any
+        rank (its only holders can all have dense TP rank 1) and torch_dist refuses to save.
+        The amaxes of the recipes here are scalars (per-tensor, or NVFP4's second-level scale):
+        one copy per expert-TP rank, like any replicated tensor of the expert.
+        """
+        sharded = super().sharded_state_dict(prefix, sharded_offsets, metadata)
+        etp_rank = self.tp_group.rank() if self.tp_group is not None else 0
+        for key, tensor in sharded.items():
+            if "_quantizer." not in key or not key.endswith("_amax"):
+                continue
+            if any(fragments > 1 for fragments in tensor.axis_fragmentations):
+                # A channel- or block-wise amax would be placed by the dense TP rank too.
+                raise NotImplementedError(
+                    f"{key}: tensor-parallel-sharded expert amax (per-channel or block "
+                    "quantization) is not supported; the recipes use per-tensor amaxes"
+                )
+            tensor.replica_id = (tensor.replica_id[0], etp_rank, tensor.replica_id[2])
+        return sharded
 
     def layer_sync_moe_local_experts_amax(self, sync_weight_amax=False):
         """modelopt's per-rank sync, then the input amax maximum over expert-parallel ranks.

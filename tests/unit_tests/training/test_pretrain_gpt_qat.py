@@ -1,9 +1,9 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
 """pretrain_gpt.py --modelopt-recipe nvfp4-experts on CPU: quantization-aware training at TP2 with
-sequence parallelism, megatron-training's own checkpoint save and resume, and the export of the
-trained checkpoint with its trained scales.
+sequence parallelism and EP2 (ETP1), megatron-training's own checkpoint save and resume, and the
+export of the trained checkpoint with its trained scales.
 
-One launch of two gloo processes runs pretrain()'s path (see ``training_harness``) on a two-layer
+One launch of four gloo processes runs pretrain()'s path (see ``training_harness``) on a two-layer
 MiniMax-M2-shaped model on mock data: quantizers inserted and calibrated by the datasets-provider
 hook, a few training steps with NVFP4 fake quantization (this package's CPU backend), a save with
 ``megatron.training.checkpointing.save_checkpoint``, a fresh setup that resumes from it (the
@@ -37,6 +37,9 @@ QAT_RUN = (
     + ["--tensor-model-parallel-size", "2", "--sequence-parallel"]
     # Expert FFN 48 split over 2 ranks leaves 24 inputs per w2 piece: not whole NVFP4 groups.
     + ["--expert-tensor-parallel-size", "1"]
+    # TP with EP: modelopt refuses it for megatron-core's experts (their amaxes would have no
+    # main replica in the checkpoint); this project's quantized experts make it work.
+    + ["--expert-model-parallel-size", "2"]
     + ["--modelopt-recipe", "nvfp4-experts", "--modelopt-calib-samples", str(CALIB_SAMPLES)]
 )
 NVFP4_TENSOR_SCALE = 6.0 * 448.0
@@ -126,8 +129,9 @@ def _qat_worker(rank, world_size, root):
     )
     teardown_training()
 
-    # The first expert of layer 0: this rank's trained amaxes for the exported scales.
+    # The first local expert of layer 0: this rank's trained amaxes for the exported scales.
     prefix = "decoder.layers.0.mlp.experts.local_experts.0"
+    out["first_local_expert"] = _gpt(model).decoder.layers[0].mlp.local_expert_indices[0]
     out["trained_expert0"] = {
         k[len(prefix) + 1 :]: v for k, v in trained.items() if k.startswith(prefix + ".")
     }
@@ -135,7 +139,7 @@ def _qat_worker(rank, world_size, root):
     result = quantize_to_hf(
         tiny_hf_config(num_hidden_layers=2),
         get_recipe("nvfp4-experts"),
-        ParallelLayout(tp=2, etp=1),
+        ParallelLayout(tp=2, ep=2, etp=1),
         export_dir,
         load_dir=save,
         params_dtype=torch.float32,
@@ -147,7 +151,7 @@ def _qat_worker(rank, world_size, root):
 
 @pytest.fixture(scope="module")
 def qat(tmp_path_factory):
-    return run_in_processes(_qat_worker, 2, str(tmp_path_factory.mktemp("qat")))
+    return run_in_processes(_qat_worker, 4, str(tmp_path_factory.mktemp("qat")))
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +169,9 @@ def exported(qat):
 class TestQuantizationAwareTraining:
     def test_quantizers_are_inserted_and_calibrated_before_training(self, qat):
         for rank in qat:
-            # 2 layers x 8 experts (EP1: all local) x (linear_fc1, linear_fc2) x (weight, input),
+            # 2 layers x 4 local experts (8 at EP2) x (linear_fc1, linear_fc2) x (weight, input),
             # each with an amax before the first step; attention and router stay unquantized.
-            assert rank["num_quantizers"] == 2 * 8 * 2 * 2
+            assert rank["num_quantizers"] == 2 * 4 * 2 * 2
             assert rank["expert_quantizers_only"]
 
     def test_amax_is_an_exact_bf16_maximum(self, qat):
@@ -178,7 +182,7 @@ class TestQuantizationAwareTraining:
         for rank in qat:
             losses = rank["losses"]
             assert all(b < a for a, b in zip(losses, losses[1:])), losses
-        assert qat[0]["losses"] == qat[1]["losses"]
+        assert all(rank["losses"] == qat[0]["losses"] for rank in qat)
 
     def test_training_keeps_calibrated_scales_and_changes_weights(self, qat):
         for rank in qat:
@@ -197,10 +201,12 @@ class TestQuantizationAwareTraining:
             assert rank["restored_bit_exact"]
             assert rank["weights_restored"]
 
-    def test_export_keeps_trained_scales_without_recalibrating(self, qat, exported):
-        assert not qat[0]["recalibrated"]
-        trained = qat[0]["trained_expert0"]
-        prefix = "model.layers.0.block_sparse_moe.experts.0"
+    @pytest.mark.parametrize("rank", [0, 1])  # experts 0 (dense TP rank 0) and 4 (TP rank 1)
+    def test_export_keeps_trained_scales_without_recalibrating(self, qat, exported, rank):
+        assert not qat[rank]["recalibrated"]
+        assert qat[rank]["first_local_expert"] == 4 * rank
+        trained = qat[rank]["trained_expert0"]
+        prefix = f"model.layers.0.block_sparse_moe.experts.{4 * rank}"
         w13 = trained["linear_fc1.weight_quantizer"].float() / NVFP4_TENSOR_SCALE
         assert torch.equal(exported[prefix + ".w1.weight_scale_2"], w13.reshape(()))
         assert torch.equal(exported[prefix + ".w3.weight_scale_2"], w13.reshape(()))
