@@ -8,8 +8,8 @@ repeated ``num_hidden_layers`` times, with ``|`` between pipeline stages and ``/
 depth; ``tools/minimax_m2_args.py --model hybrid`` prints it with the other architecture flags.
 ``--load`` takes checkpoints saved by GPT runs and by ``convert_minimax_m2.py hf-to-mcore`` as well
 as hybrid ones (megatron-core translates GPT checkpoints at load time); ``--load-hf-dir`` starts
-from the released HF checkpoint directly, as in ``pretrain_gpt.py``. Quantization-aware training
-(``--modelopt-recipe``) is ``pretrain_gpt.py``'s only.
+from the released HF checkpoint directly, and ``--modelopt-recipe`` trains with quantizers on, as
+in ``pretrain_gpt.py``.
 """
 
 import sys
@@ -28,6 +28,7 @@ from megatron.minimax.training import (
     hybrid_model_config_from_args,
     use_fp32_param_safe_float16_optimizer,
 )
+from megatron.minimax.quantization.qat import configure as configure_quantization_aware_training
 from megatron.minimax.training.gpt_step import forward_step, train_valid_test_datasets_provider
 from megatron.minimax.training.hf_initialization import hf_initialization
 
@@ -45,13 +46,17 @@ if __name__ == "__main__":
         # --load-hf-dir: fill the freshly built model from the HF checkpoint (unless --load
         # resumes); the weight table names HybridModel parameters as it names GPTModel ones.
         hf_initialization(args, model_config)
+        # --modelopt-recipe: quantizers restored before the load, or calibrated after it.
+        datasets_provider = configure_quantization_aware_training(
+            args, model_config, train_valid_test_datasets_provider
+        )
     except ValueError as e:
         print(f"pretrain_hybrid.py: error: {e}", file=sys.stderr)
         sys.exit(2)
 
     pretrain(
         pretrain_cfg_container_from_args(args, model_config),
-        train_valid_test_datasets_provider,
+        datasets_provider,
         ModelType.encoder_or_decoder,
         forward_step,
         store=store,

@@ -3,8 +3,8 @@
 
 Builds the model in Megatron at any TP/PP/EP/ETP layout (gloo on CPU, nccl on GPU), fills it
 from a Megatron torch_dist checkpoint or a released HF directory, calibrates the recipe's
-quantizers on calibration tokens (or, for a checkpoint trained with ``pretrain_gpt.py
---modelopt-recipe``, keeps the trained scales), and writes a HF directory in modelopt's format:
+quantizers on calibration tokens (or, for a checkpoint trained with ``pretrain_gpt.py`` or
+``pretrain_hybrid.py --modelopt-recipe``, keeps the trained scales), and writes a HF directory in modelopt's format:
 packed weights with their scales, ``hf_quant_config.json`` and a ``quantization_config`` in
 ``config.json``, the router in fp32, tokenizer and chat template copied from the reference.
 
@@ -49,8 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         type=Path,
         default=None,
         help="Megatron torch_dist checkpoint (root with latest_checkpointed_iteration.txt, or an "
-        "iteration directory), any layout. A checkpoint trained with --modelopt-recipe keeps its "
-        "trained scales (no calibration).",
+        "iteration directory), any layout, saved by pretrain_gpt.py or pretrain_hybrid.py (the "
+        "model class is read from its keys). A checkpoint trained with --modelopt-recipe keeps "
+        "its trained scales (no calibration).",
     )
     group.add_argument(
         "--hf-dir",

@@ -189,8 +189,9 @@ def quantize_to_hf(
         layout: a :class:`~megatron.minimax.models.minimax_m2.parity.ParallelLayout` (validated).
         save_dir: output directory.
         hf_weights: full HF tensor by on-disk name (the weights), or None with ``load_dir``.
-        load_dir: a Megatron torch_dist checkpoint (root or iteration directory); if it holds
-            quantizer state (quantization-aware training), its scales are exported as trained.
+        load_dir: a Megatron torch_dist checkpoint (root or iteration directory) saved by a
+            GPTModel or a HybridModel (detected from its keys); if it holds quantizer state
+            (quantization-aware training), its scales are exported as trained.
         calibration_tokens: int64 ``[samples, seq]`` (e.g. from
             :func:`~megatron.minimax.quantization.calibration_data.load_calibration_tokens`);
             not needed for a checkpoint with trained quantizers.
@@ -229,14 +230,19 @@ def quantize_to_hf(
     if not trained:
         check_calibration_tokens(tokens, layout, source)
 
+    # The class that saved the checkpoint (GPTModel or HybridModel, from its keys) restores it:
+    # quantizer state is keyed by that class's module names.
+    model = "gpt" if dist_dir is None else parity.checkpoint_model_class(dist_dir)
     parity.initialize_layout(layout)
     if trained:
-        loaded = parity.build_from_hf(hf_config, None, layout, params_dtype=params_dtype)
+        loaded = parity.build_from_hf(
+            hf_config, None, layout, params_dtype=params_dtype, model=model
+        )
         load_quantized_model(loaded.model, recipe, dist_dir)
         _check_recipe_matches(loaded.model, recipe, source)
     elif load_dir is not None:
         loaded = parity.build_from_dist_checkpoint(
-            hf_config, load_dir, layout, params_dtype=params_dtype
+            hf_config, load_dir, layout, params_dtype=params_dtype, model=model
         )
     else:
         loaded = parity.build_from_hf(hf_config, hf_weights, layout, params_dtype=params_dtype)

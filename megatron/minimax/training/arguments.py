@@ -162,19 +162,12 @@ def hybrid_model_config_from_args(args: argparse.Namespace) -> HybridModelConfig
 
     Raises:
         ValueError: without ``--hybrid-layer-pattern`` (print it with
-            ``tools/minimax_m2_args.py --model hybrid``), or with ``--modelopt-recipe``.
+            ``tools/minimax_m2_args.py --model hybrid``).
     """
     if not args.hybrid_layer_pattern:
         raise ValueError(
             "a HybridModel needs --hybrid-layer-pattern ('*E' per MiniMax-M2 layer; "
             "tools/minimax_m2_args.py --model hybrid prints it)"
-        )
-    if getattr(args, "modelopt_recipe", None) is not None:
-        # Its checkpoints would hold quantizer state under HybridModel names, which
-        # tools/quantize_minimax_m2.py (a GPTModel) cannot restore.
-        raise ValueError(
-            "--modelopt-recipe (quantization-aware training) runs through pretrain_gpt.py; "
-            "tools/quantize_minimax_m2.py exports GPTModel checkpoints only"
         )
     return hybrid_config_from_args(
         args, config=transformer_config_from_args(args), model_config_cls=HybridModelConfig

@@ -1,6 +1,6 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
 """--modelopt-recipe: the flags and what they refuse (training itself:
-tests/unit_tests/training/test_pretrain_gpt_qat.py)."""
+tests/unit_tests/training/test_pretrain_qat.py)."""
 
 import sys
 from pathlib import Path

@@ -54,14 +54,35 @@ def _refused(capsys, argv):
     return err[0][len(f"{PROG}: error: ") :]
 
 
-def test_quantizes_a_converted_checkpoint(
-    converted_fp8_checkpoint, tiny_fp8_checkpoint, tokens_file, tmp_path
-):
-    out = tmp_path / "nvfp4"
-    proc = _subprocess(
-        ["--load-dir", str(converted_fp8_checkpoint), "--hf-reference-dir",
-         str(tiny_fp8_checkpoint), "--calib-tokens-file", str(tokens_file), "--save-dir", str(out)]
+def _quantize(load_dir, reference_dir, tokens_file, out):
+    return _subprocess(
+        ["--load-dir", str(load_dir), "--hf-reference-dir", str(reference_dir),
+         "--calib-tokens-file", str(tokens_file), "--save-dir", str(out)]
     )  # fmt: skip
+
+
+def _tensors(directory):
+    from safetensors.torch import load_file
+
+    index = json.loads((directory / "model.safetensors.index.json").read_text())
+    out = {}
+    for name in sorted(set(index["weight_map"].values())):
+        out.update(load_file(str(directory / name)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def gpt_checkpoint_export(
+    converted_fp8_checkpoint, tiny_fp8_checkpoint, tokens_file, tmp_path_factory
+):
+    root = tmp_path_factory.mktemp("quantized")
+    out = root / "nvfp4"
+    proc = _quantize(converted_fp8_checkpoint, tiny_fp8_checkpoint, tokens_file, out)
+    return proc, root, out
+
+
+def test_quantizes_a_converted_checkpoint(gpt_checkpoint_export):
+    proc, root, out = gpt_checkpoint_export
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[0] == "nvfp4-experts (NVFP4), layout TP1, 1 processes"
@@ -72,7 +93,48 @@ def test_quantizes_a_converted_checkpoint(
     assert quant["quantization"]["quant_algo"] == "NVFP4"
     config = json.loads((out / "config.json").read_text())
     assert config["quantization_config"]["quant_method"] == "modelopt"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["nvfp4"]  # nothing else left behind
+    assert sorted(p.name for p in root.iterdir()) == ["nvfp4"]  # nothing else left behind
+
+
+def _save_as_hybrid(rank, world_size, hf_config, gpt_dir, hybrid_dir):
+    from megatron.core import dist_checkpointing
+
+    from megatron.minimax.models.minimax_m2 import parity
+
+    layout = parity.ParallelLayout()
+    parity.initialize_layout(layout)
+    loaded = parity.build_from_dist_checkpoint(
+        hf_config, gpt_dir, layout, params_dtype=torch.bfloat16, model="hybrid"
+    )
+    os.makedirs(hybrid_dir)
+    dist_checkpointing.save(loaded.model.sharded_state_dict(), hybrid_dir)
+    return type(loaded.model).__name__
+
+
+def test_quantizes_a_hybrid_checkpoint_as_the_gpt_one(
+    gpt_checkpoint_export, converted_fp8_checkpoint, tiny_fp8_checkpoint, tokens_file, tmp_path
+):
+    """A checkpoint saved by a HybridModel (pretrain_hybrid.py) quantizes to the same bytes as
+    the GPT-layout checkpoint holding the same weights."""
+    from megatron.minimax.models.minimax_m2.parity import checkpoint_model_class
+    from megatron.minimax.testing.distributed import run_in_processes
+
+    hf_config = json.loads((tiny_fp8_checkpoint / "config.json").read_text())
+    hybrid_dir = tmp_path / "hybrid_ckpt"
+    args = (hf_config, str(converted_fp8_checkpoint), str(hybrid_dir))
+    assert run_in_processes(_save_as_hybrid, 1, *args) == ["HybridModel"]
+    assert checkpoint_model_class(hybrid_dir) == "hybrid"
+    out = tmp_path / "nvfp4"
+    proc = _quantize(hybrid_dir, tiny_fp8_checkpoint, tokens_file, out)
+    assert proc.returncode == 0, proc.stderr
+    _, _, gpt_out = gpt_checkpoint_export
+    expected, got = _tensors(gpt_out), _tensors(out)
+    assert len(got) > 100 and list(got) == list(expected)
+    for name, tensor in expected.items():
+        assert got[name].dtype == tensor.dtype and torch.equal(got[name], tensor), name
+    assert (out / "hf_quant_config.json").read_text() == (
+        gpt_out / "hf_quant_config.json"
+    ).read_text()
 
 
 def test_missing_modelopt_is_one_line(tmp_path, tiny_bf16_checkpoint, tokens_file):

@@ -242,17 +242,6 @@ class TestLoadHFDir:
             assert release["hf"]["loss"] == release["converted"]["loss"], release
             assert 6.0 < release["hf"]["loss"] < 8.0  # ln(1001) = 6.9 for random weights
 
-    def test_quantization_aware_training_is_refused_in_one_line(self):
-        from megatron.minimax.training.arguments import (
-            hybrid_model_config_from_args,
-            parse_training_args,
-        )
-
-        args = parse_training_args(FP32_RUN + ["--modelopt-recipe", "nvfp4-experts"], 2)
-        with pytest.raises(ValueError, match="runs through pretrain_gpt.py") as error:
-            hybrid_model_config_from_args(args)
-        assert "\n" not in str(error.value)
-
 
 class TestExport:
     def test_exports_are_complete_and_name_the_hybrid_layout(self, exports):

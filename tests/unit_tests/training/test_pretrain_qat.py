@@ -1,10 +1,10 @@
 # Copyright (c) 2026, the megatron-minimax authors. All rights reserved.
-"""pretrain_gpt.py --modelopt-recipe nvfp4-experts on CPU: quantization-aware training at TP2 with
-sequence parallelism and EP2 (ETP1), megatron-training's own checkpoint save and resume, and the
-export of the trained checkpoint with its trained scales.
+"""pretrain_gpt.py and pretrain_hybrid.py --modelopt-recipe nvfp4-experts on CPU: quantization-aware
+training at TP2 with sequence parallelism and EP2 (ETP1), megatron-training's own checkpoint save
+and resume, and the export of the trained checkpoint with its trained scales.
 
-One launch of four gloo processes runs pretrain()'s path (see ``training_harness``) on a two-layer
-MiniMax-M2-shaped model on mock data: quantizers inserted and calibrated by the datasets-provider
+Per model class, one launch of four gloo processes runs pretrain()'s path (see
+``training_harness``) on a two-layer MiniMax-M2-shaped model on mock data: quantizers inserted and calibrated by the datasets-provider
 hook, a few training steps with NVFP4 fake quantization (this package's CPU backend), a save with
 ``megatron.training.checkpointing.save_checkpoint``, a fresh setup that resumes from it (the
 post-wrap hook restores the quantizers before the load), and ``quantize_to_hf`` on the saved
@@ -43,9 +43,11 @@ QAT_RUN = (
     + ["--modelopt-recipe", "nvfp4-experts", "--modelopt-calib-samples", str(CALIB_SAMPLES)]
 )
 NVFP4_TENSOR_SCALE = 6.0 * 448.0
+MODEL_CLASS_ARGS = {"gpt": [], "hybrid": ["--hybrid-layer-pattern", "*E*E"]}
+FIRST_MOE_LAYER = {"gpt": 0, "hybrid": 1}  # a HybridModel layer is attention or MoE
 
 
-def _gpt(model):
+def _unwrapped(model):
     from megatron.core.utils import unwrap_model
 
     return unwrap_model(model[0])
@@ -56,7 +58,7 @@ def _quantizer_state(model):
     from modelopt.torch.quantization.nn import TensorQuantizer
 
     out = {}
-    for name, module in _gpt(model).named_modules():
+    for name, module in _unwrapped(model).named_modules():
         if isinstance(module, TensorQuantizer) and module.is_enabled:
             out[name] = module.amax.detach().clone()
     return out
@@ -74,12 +76,12 @@ def _repeated_batches(args, data_iterator):
 def _expert_weights(model):
     return {
         n: p.detach().float().clone()
-        for n, p in _gpt(model).named_parameters()
+        for n, p in _unwrapped(model).named_parameters()
         if ".experts." in n and n.endswith(".weight")
     }
 
 
-def _qat_worker(rank, world_size, root):
+def _qat_worker(rank, world_size, root, model_class):
     from megatron.training.checkpointing import save_checkpoint
 
     from megatron.minimax.models.minimax_m2.parity import ParallelLayout
@@ -88,10 +90,11 @@ def _qat_worker(rank, world_size, root):
     from megatron.minimax.testing.tiny_checkpoint import tiny_hf_config
 
     save = os.path.join(root, "qat")
+    run = QAT_RUN + MODEL_CLASS_ARGS[model_class]
     args, model, optimizer, scheduler, provider = setup_training_with_datasets(
-        QAT_RUN + ["--save", save, "--save-interval", "1000"], world_size
+        run + ["--save", save, "--save-interval", "1000"], world_size, model_class
     )
-    out = {"amax_dtypes": None}
+    out = {"model_class": model_class, "class": type(_unwrapped(model)).__name__}
     data = train_iterator(args, provider)  # the provider inserts and calibrates the quantizers
     calibrated = _quantizer_state(model)
     out["num_quantizers"] = len(calibrated)
@@ -111,7 +114,7 @@ def _qat_worker(rank, world_size, root):
     teardown_training()
 
     args, model, optimizer, scheduler, provider = setup_training_with_datasets(
-        QAT_RUN + ["--load", save, "--save", save, "--save-interval", "1000"], world_size
+        run + ["--load", save, "--save", save, "--save-interval", "1000"], world_size, model_class
     )
     train_iterator(args, provider)  # must not recalibrate
     restored = _quantizer_state(model)
@@ -130,8 +133,9 @@ def _qat_worker(rank, world_size, root):
     teardown_training()
 
     # The first local expert of layer 0: this rank's trained amaxes for the exported scales.
-    prefix = "decoder.layers.0.mlp.experts.local_experts.0"
-    out["first_local_expert"] = _gpt(model).decoder.layers[0].mlp.local_expert_indices[0]
+    moe = FIRST_MOE_LAYER[model_class]
+    prefix = f"decoder.layers.{moe}.mlp.experts.local_experts.0"
+    out["first_local_expert"] = _unwrapped(model).decoder.layers[moe].mlp.local_expert_indices[0]
     out["trained_expert0"] = {
         k[len(prefix) + 1 :]: v for k, v in trained.items() if k.startswith(prefix + ".")
     }
@@ -149,9 +153,11 @@ def _qat_worker(rank, world_size, root):
     return out
 
 
-@pytest.fixture(scope="module")
-def qat(tmp_path_factory):
-    return run_in_processes(_qat_worker, 4, str(tmp_path_factory.mktemp("qat")))
+@pytest.fixture(scope="module", params=["gpt", "hybrid"])
+def qat(request, tmp_path_factory):
+    # The export reads the checkpoint's model class from its keys.
+    root = str(tmp_path_factory.mktemp("qat_" + request.param))
+    return run_in_processes(_qat_worker, 4, root, request.param)
 
 
 @pytest.fixture(scope="module")
@@ -171,6 +177,9 @@ class TestQuantizationAwareTraining:
         for rank in qat:
             # 2 layers x 4 local experts (8 at EP2) x (linear_fc1, linear_fc2) x (weight, input),
             # each with an amax before the first step; attention and router stay unquantized.
+            assert (
+                rank["class"] == {"gpt": "GPTModel", "hybrid": "HybridModel"}[rank["model_class"]]
+            )
             assert rank["num_quantizers"] == 2 * 4 * 2 * 2
             assert rank["expert_quantizers_only"]
 
