@@ -447,8 +447,12 @@ def test_allow_nonfinite_converts_and_reports(src, save_dir):
 # --------------------------------------------------------------------- atomic, restartable output
 
 _SLOW_CLI = """
-import runpy, sys, time
+import runpy, signal, sys, time
 from megatron.minimax.checkpoint import torch_dist_writer
+
+# Ctrl-C as in a terminal, even when the suite runs from a background job (whose children start
+# with SIGINT ignored, and Python then installs no KeyboardInterrupt handler).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 _write = torch_dist_writer.TorchDistFile.write_chunk
 _log = sys.argv[1]
