@@ -71,6 +71,17 @@ def _initialise_model_parallel(rank, world_size):
     return size
 
 
+def test_block_changes_nothing_where_cuda_is_available(monkeypatch):
+    # The branch a GPU machine takes, checked here on CPU as well.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    before = _process_state()
+    with cpu_shims():
+        assert _changed(before, _process_state()) == []
+    assert _changed(before, _process_state()) == []
+
+
+# On a machine with CUDA the shims are a no-op (tested above on every machine), so there is
+# nothing of theirs to apply and restore; CI and every CPU run take this class.
 @pytest.mark.skipif(CUDA, reason="the shims do nothing where CUDA is available")
 class TestCpuShimsScope:
     def test_block_patches_and_restores_everything(self):
