@@ -41,6 +41,8 @@ from megatron.minimax.launch import (
     read_tokens_file,
 )
 
+PROG = "score_logprobs.py"
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -97,7 +99,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def fail(message: str) -> NoReturn:
-    launch.fail("score_logprobs.py", message)
+    launch.fail(PROG, message)
 
 
 def main(argv=None) -> int:
@@ -130,28 +132,10 @@ def main(argv=None) -> int:
 
 
 def _score(args, checkpoint, layout, tokens, scored) -> int:
-    from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError
-    from megatron.minimax.models.minimax_m2 import logprobs, parity
+    from megatron.minimax.models.minimax_m2 import logprobs
 
-    hf_config = checkpoint.config
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    try:
-        layout.validate(world_size, hf_config, backend=dist.get_backend())
-    except ValueError as e:
-        fail(f"impossible layout {layout} on {world_size} processes: {e}")
-
-    try:
-        # Each rank reads only its tensors, and of tensor-parallel ones only its part.
-        loaded, rounding = parity.build_for_comparison(
-            hf_config,
-            lambda name: checkpoint.get(name, torch.float32),
-            layout,
-            args.load_dir,
-            model=args.model,
-            read_hf_slice=checkpoint.get_slice,
-        )
-    except (CheckpointError, ValueError) as e:
-        fail(str(e))
+    loaded, rounding = launch.build_parity_model_from_args(PROG, args, checkpoint, layout)
     scores = logprobs.megatron_log_probs(loaded, tokens, args.micro_batch_size)
     scores = scores.masked_fill(~scored, 0.0)
 

@@ -197,6 +197,37 @@ def parity_layout_from_args(args: argparse.Namespace):
     )
 
 
+def build_parity_model_from_args(prog: str, args: argparse.Namespace, checkpoint, layout):
+    """This rank's model of a parity tool (``verify_minimax_m2.py``, ``score_logprobs.py``), inside
+    the tools' process group: ``layout`` checked against the world and the model, then the model
+    built from ``args.load_dir`` or from ``checkpoint`` (an ``HFCheckpoint``; each rank reads only
+    its tensors, and of tensor-parallel ones only its part). Bad input: :func:`fail`.
+
+    Returns:
+        ``(loaded, rounding)`` of
+        :func:`~megatron.minimax.models.minimax_m2.parity.build_for_comparison`.
+    """
+    from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError
+    from megatron.minimax.models.minimax_m2 import parity
+
+    world_size = dist.get_world_size()
+    try:
+        layout.validate(world_size, checkpoint.config, backend=dist.get_backend())
+    except ValueError as e:
+        fail(prog, f"impossible layout {layout} on {world_size} processes: {e}")
+    try:
+        return parity.build_for_comparison(
+            checkpoint.config,
+            lambda name: checkpoint.get(name, torch.float32),
+            layout,
+            args.load_dir,
+            model=args.model,
+            read_hf_slice=checkpoint.get_slice,
+        )
+    except (CheckpointError, ValueError) as e:
+        fail(prog, str(e))
+
+
 def layout_from_args(args: argparse.Namespace):
     """The :class:`~megatron.minimax.training.minimax_m2_flags.Layout` of
     :func:`add_layout_arguments`' flags."""

@@ -35,6 +35,8 @@ from megatron.minimax.launch import (
     read_tokens_file,
 )
 
+PROG = "verify_minimax_m2.py"
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
@@ -84,7 +86,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def fail(message: str) -> NoReturn:
-    launch.fail("verify_minimax_m2.py", message)
+    launch.fail(PROG, message)
 
 
 def load_tokens(args, vocab_size: int) -> torch.Tensor:
@@ -113,29 +115,11 @@ def main(argv=None) -> int:
 
 
 def _verify(args, checkpoint, layout) -> int:
-    from megatron.minimax.checkpoint.hf_checkpoint import CheckpointError
     from megatron.minimax.models.minimax_m2 import parity
 
-    hf_config = checkpoint.config
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    try:
-        layout.validate(world_size, hf_config, backend=dist.get_backend())
-    except ValueError as e:
-        fail(f"impossible layout {layout} on {world_size} processes: {e}")
-    tokens = load_tokens(args, hf_config["vocab_size"])
-
-    try:
-        # Each rank reads only its tensors, and of tensor-parallel ones only its part.
-        loaded, rounding = parity.build_for_comparison(
-            hf_config,
-            lambda name: checkpoint.get(name, torch.float32),
-            layout,
-            args.load_dir,
-            model=args.model,
-            read_hf_slice=checkpoint.get_slice,
-        )
-    except (CheckpointError, ValueError) as e:
-        fail(str(e))
+    tokens = load_tokens(args, checkpoint.config["vocab_size"])
+    loaded, rounding = launch.build_parity_model_from_args(PROG, args, checkpoint, layout)
     logits = parity.megatron_logits(loaded, tokens)
 
     status = 0
